@@ -1,0 +1,65 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, refused clearly."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from vae_train.errors import UserError
+
+FORMAT = "vae-train-checkpoint/1"
+
+
+def save_atomic(state: dict, path: str | Path) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over it, so a
+    crash leaves either the old checkpoint or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} was refused: it holds objects that are not plain "
+                        f"tensors and containers, and loading it could run code ({first})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt: {first}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a vae-train checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path) -> None:
+    """Load weights, naming the first mismatch instead of printing every key."""
+    theirs, ours = state["model"], model.state_dict()
+    what = state.get("model_target", "?")
+    missing = [k for k in ours if k not in theirs]
+    extra = [k for k in theirs if k not in ours]
+    if missing or extra:
+        raise UserError(
+            f"checkpoint {path} holds a different model ({what}): "
+            f"{len(missing)} parameters missing (e.g. {missing[:1]}), {len(extra)} unexpected "
+            f"(e.g. {extra[:1]}); use the model config the checkpoint was trained with")
+    for k, v in ours.items():
+        if theirs[k].shape != v.shape:
+            raise UserError(
+                f"checkpoint {path} does not fit this model: {k} has shape "
+                f"{tuple(theirs[k].shape)} in the checkpoint but {tuple(v.shape)} here "
+                "(was model.latent_dim, a hidden size or the data set different?)")
+    model.load_state_dict(theirs)

@@ -1,0 +1,1 @@
+"""Model families: one file each; ``base.py`` holds the interface every model meets."""

@@ -1,0 +1,6 @@
+"""Reusable encoder and decoder bodies, sized from the data shape."""
+
+from vae_train.nets.conv import ConvDecoder, ConvEncoder
+from vae_train.nets.mlp import mlp
+
+__all__ = ["mlp", "ConvEncoder", "ConvDecoder"]

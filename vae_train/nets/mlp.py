@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
+               "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        from vae_train.errors import UserError
+        raise UserError(f"model.activation={name!r} is not known; "
+                        f"use one of {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def mlp(in_dim: int, hidden_dims, out_dim: int, act: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with an activation between them (none at the end)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden_dims:
+        layers += [nn.Linear(d, int(h)), activation(act)]
+        d = int(h)
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)

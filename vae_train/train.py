@@ -1,0 +1,191 @@
+"""The single entry point: compose -> build -> fit -> test -> metrics.json.
+
+``python -m vae_train [overrides]`` and the ``vae-train`` console script both call :func:`main`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vae_train.config import resolve_device, validate
+from vae_train.data import DataModule, load_image_data
+from vae_train.errors import UserError
+from vae_train.logging import TBLogger
+from vae_train.pictures import figures, save_figures
+from vae_train.trainer import Trainer
+
+log = logging.getLogger("vae_train")
+
+_PKG = Path(__file__).resolve().parent
+# A wheel carries the configs inside the package; a source checkout has them at the top.
+CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
+
+
+# -- resume: re-run the saved composition in the same run directory ---------------------------
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def find_run(path: str) -> tuple[Path, Path]:
+    """(run directory, checkpoint) for a ``resume=`` value: a run directory or a .pt file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"resume={path}: no such file or directory; give a run directory "
+                        "(outputs/<date>/<time>) or a checkpoint file")
+    ckpt = p / "checkpoints" / "last.pt" if p.is_dir() else p
+    run_dir = next((d for d in [ckpt.parent, *ckpt.parents] if (d / ".hydra").is_dir()), None)
+    if run_dir is None:
+        raise UserError(f"resume={path}: not inside a vae-train run directory "
+                        "(no .hydra/ folder found above it)")
+    if not ckpt.is_file():
+        raise UserError(f"resume={path}: {ckpt} does not exist (the run stopped before its first "
+                        "epoch ended); start it again without resume=")
+    return run_dir.resolve(), ckpt.resolve()
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Rewrite a command line with ``resume=PATH`` into the run's saved overrides followed by
+    the new ones (later wins), running in the same run directory."""
+    resume = [a for a in argv if _override_key(a) == "resume"]
+    if not resume or resume[-1].split("=", 1)[1] in ("", "null"):
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise UserError("resume= continues one run; it cannot be combined with -m/--multirun")
+    run_dir, ckpt = find_run(resume[-1].split("=", 1)[1])
+    saved = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    merged: dict[str, str] = {}
+    for o in [*saved, *(a for a in argv if "=" in a and not a.startswith("-"))]:
+        merged[_override_key(o)] = o
+    merged["resume"] = f"resume={ckpt}"
+    flags = [a for a in argv if "=" not in a or a.startswith("-")]
+    merged.setdefault("hydra.run.dir", f"hydra.run.dir={run_dir}")
+    return flags + list(merged.values())
+
+
+# -- the run --------------------------------------------------------------------------------
+def hparams_of(cfg: DictConfig) -> dict:
+    """The run's chosen options for TensorBoard's HPARAMS tab: group choices, the usual
+    knobs, and every key overridden on the command line."""
+    out: dict = {}
+    try:
+        hc = HydraConfig.get()
+        out.update({g: c for g, c in hc.runtime.choices.items()
+                    if not g.startswith("hydra") and isinstance(c, str)})
+        keys = [_override_key(o) for o in hc.overrides.task]
+    except ValueError:
+        keys = []
+    keys = ["model.latent_dim", "loss.beta", "optimizer.lr", "trainer.batch_size",
+            "trainer.epochs", "seed", "dataset.binarize", "device.precision", *keys]
+    for key in keys:
+        if key in ("resume", "dataset.root") or key in out:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif value is not None:
+            out[key] = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    return out
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def build(cfg: DictConfig, device: torch.device):
+    """Data, objective and model for a config (shapes and class counts from the data)."""
+    data = load_image_data(cfg.dataset)
+    dm = DataModule(data, device, cfg.dataset.binarize, cfg.dataset.val_size,
+                    cfg.dataset.split_seed, cfg.dataset.binarize_seed)
+    objective = instantiate(cfg.loss)
+    likelihood = objective.make_likelihood(dm.shape[0])
+    try:
+        model = instantiate(cfg.model, input_shape=dm.shape, num_classes=dm.num_classes,
+                            likelihood=likelihood)
+    except Exception as e:  # hydra wraps constructor errors; surface ours as they are
+        cause = e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    return dm, objective.to(device), model.to(device)
+
+
+def run(cfg: DictConfig) -> float:
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device, amp_dtype = resolve_device(cfg.device)
+    torch.manual_seed(int(cfg.seed))
+    dm, objective, model = build(cfg, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s on %s %s (train %d, val %d, test %d), %s parameters, %s, precision %s",
+             type(model).__name__, dm.name, "x".join(map(str, dm.shape)), len(dm.train),
+             len(dm.val), len(dm.test), f"{n_params:,}", device, cfg.device.precision)
+    log.info("run directory: %s", run_dir)
+    tb = TBLogger(run_dir)
+    try:
+        trainer = Trainer(cfg, model, objective, dm, device, amp_dtype, run_dir, tb)
+        if cfg.resume:
+            trainer.restore(Path(cfg.resume))
+        trainer.fit()
+        best_epoch = trainer.load_best()
+        test = trainer.evaluate(dm.test)
+        metrics = {
+            "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
+            "test_elbo": test.get("elbo", math.nan),
+            "best_val_loss": trainer.best_val if trainer.best_epoch else math.nan,
+            "best_epoch": best_epoch, "epoch": trainer.epoch, "steps": trainer.step,
+            "images_per_sec": (trainer.train_images / trainer.train_time
+                               if trainer.train_time else math.nan),
+            "train_seconds": trainer.train_time,
+            "num_params": n_params, "device": str(device),
+            "precision": str(cfg.device.precision),
+            "history": trainer.history,
+        }
+        write_json(run_dir / "metrics.json", metrics)
+        figs = figures(model, trainer.fig_x, trainer.fig_y, len(trainer.fig_x), seed=int(cfg.seed))
+        save_figures(figs, run_dir)
+        tb.images({f"best_{k}": v for k, v in figs.items()}, trainer.step)
+        tb.scalars("test", test, trainer.step)
+        tb.hparams(hparams_of(cfg), {k: v for k, v in metrics.items() if k != "history"},
+                   trainer.step)
+    finally:
+        tb.close()
+    log.info("test loss %.2f nats/example (recon %.2f, kl %.2f) with the best weights (epoch %d); "
+             "%.0f img/s", metrics["test_loss"], metrics["test_recon"], metrics["test_kl"],
+             best_epoch, metrics["images_per_sec"])
+    log.info("wrote %s", run_dir / "metrics.json")
+    return float(metrics["test_loss"])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except UserError as e:
+        log.error("error: %s", e)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The training loop: steps, AMP, clipping, validation, checkpoints and resume.
+
+The trainer knows no model by name: it asks the objective for a dict of named loss terms
+(``loss`` is minimised, every term is logged) and steps the optimizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from vae_train import checkpoint
+from vae_train.data import DataModule, Split
+from vae_train.errors import UserError
+from vae_train.logging import TBLogger
+from vae_train.pictures import figures
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor_fn(sched_cfg, steps_per_epoch: int, total_steps: int):
+    """The learning-rate multiplier as a pure function of the optimizer step (resume-safe)."""
+    name, warm = sched_cfg["name"], int(sched_cfg["warmup_steps"])
+    min_ratio, gamma = float(sched_cfg["min_lr_ratio"]), float(sched_cfg["gamma"])
+    step_every = max(1, int(sched_cfg["step_epochs"]) * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if name == "cosine":
+            progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if name == "step":
+            return gamma ** (step // step_every)
+        return 1.0
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg, model: torch.nn.Module, objective: torch.nn.Module, data: DataModule,
+                 device: torch.device, amp_dtype: torch.dtype | None, run_dir: Path,
+                 tb: TBLogger):
+        self.cfg, self.t = cfg, cfg.trainer
+        self.model, self.objective, self.data = model, objective, data
+        self.device, self.amp_dtype = device, amp_dtype
+        self.run_dir, self.tb = Path(run_dir), tb
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        n = len(data.train)
+        self.steps_per_epoch = math.ceil(n / self.t.batch_size)
+
+        opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        sched_cfg = opt_cfg.pop("lr_schedule")
+        self.optimizer_target = opt_cfg["_target_"]
+        params = list(model.parameters()) + list(objective.parameters())
+        try:
+            self.optimizer = instantiate(opt_cfg)(params)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"optimizer: {e}") from None
+        self.lr_factor = lr_factor_fn(sched_cfg, self.steps_per_epoch,
+                                      self.steps_per_epoch * int(self.t.epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.shuffle_gen = torch.Generator().manual_seed(int(cfg.seed))
+
+        self.epoch = 0
+        self.step = 0
+        self.best_val = math.inf
+        self.best_epoch = 0
+        self.history: list[dict] = []
+        self.train_time = 0.0
+        self.train_images = 0
+        # A fixed validation batch for pictures, so grids compare across epochs.
+        k = min(int(self.t.num_images), len(data.val))
+        self.fig_x = data.val.x[:k].float().div(255)
+        self.fig_y = data.val.y[:k]
+
+    # -- one pass ---------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        bs = int(self.t.batch_size)
+        n = len(self.data.train)
+        perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        clip = self.t.grad_clip
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.t.epochs}",
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if self.t.progress else True)
+        start = time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            x, y = self.data.train_batch(idx)
+            with self.autocast():
+                terms = self.objective(self.model, x, y, step=self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["loss"]).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            for k, v in terms.items():
+                sums[k] += v.detach().float() * len(idx)
+            if self.step % int(self.t.log_every_steps) == 0:
+                values = {k: v.item() for k, v in terms.items()}
+                self.tb.scalars("train_step", values, self.step)
+                bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
+            bar.update()
+        means = {k: (v / n).item() for k, v in sums.items()}  # .item() waits for the device
+        seconds = time.perf_counter() - start
+        bar.close()
+        self.train_time += seconds
+        self.train_images += n
+        means["seconds"] = seconds
+        means["images_per_sec"] = n / seconds
+        return means
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> dict:
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        for x, y in self.data.eval_batches(split, int(self.t.eval_batch_size)):
+            with self.autocast():
+                terms = self.objective(self.model, x, y, step=None)
+            for k, v in terms.items():
+                sums[k] += v.detach().float() * len(x)
+        return {k: (v / len(split)).item() for k, v in sums.items()}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> None:
+        epochs = int(self.t.epochs)
+        if self.epoch >= epochs and epochs > 0:
+            log.info("already trained for %d epochs (trainer.epochs=%d); raise trainer.epochs "
+                     "to train longer", self.epoch, epochs)
+        try:
+            for epoch in range(self.epoch + 1, epochs + 1):
+                self._one_epoch(epoch)
+        except KeyboardInterrupt:
+            log.error("interrupted in epoch %d; checkpoints/last.pt holds epoch %d. Continue with: "
+                      "python -m vae_train resume=%s", self.epoch + 1, self.epoch, self.run_dir)
+            raise SystemExit(130) from None
+
+    def _one_epoch(self, epoch: int) -> None:
+        train = self.train_epoch(epoch)
+        if not math.isfinite(train["loss"]):
+            raise UserError(
+                f"training diverged: the mean train loss of epoch {epoch} is {train['loss']} "
+                f"(recon {train.get('recon')}, kl {train.get('kl')}); checkpoints keep epoch "
+                f"{self.epoch}. Lower optimizer.lr or set trainer.grad_clip")
+        val = self.evaluate(self.data.val)
+        improved = val["loss"] < self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val["loss"], epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.history.append({"epoch": epoch, "step": self.step, "lr": lr,
+                             **{f"train_{k}": v for k, v in train.items()},
+                             **{f"val_{k}": v for k, v in val.items()}})
+        self.tb.scalars("train", {k: v for k, v in train.items() if k != "seconds"}, self.step)
+        self.tb.scalars("val", val, self.step)
+        self.tb.scalars("opt", {"lr": lr, "epoch": epoch}, self.step)
+        every = int(self.t.image_every_epochs)
+        if every and epoch % every == 0:
+            self.tb.images(figures(self.model, self.fig_x, self.fig_y, len(self.fig_x)), self.step)
+        self.epoch = epoch
+        state = self.state_dict()
+        checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
+        if improved:
+            checkpoint.save_atomic(state, self.ckpt_dir / "best.pt")
+        log.info("epoch %d/%d  train %.2f  val %.2f (recon %.2f, kl %.2f)  %.0f img/s  %.1fs%s",
+                 epoch, self.t.epochs, train["loss"], val["loss"], val.get("recon", math.nan),
+                 val.get("kl", math.nan), train["images_per_sec"], train["seconds"],
+                 "  best" if improved else "")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": checkpoint.FORMAT,
+            "model_target": self.cfg.model._target_,
+            "optimizer_target": self.optimizer_target,
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_loss": self.best_val,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "train_time": self.train_time,
+            "train_images": self.train_images,
+            "rng": rng,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint; optimizer settings of the current config apply on top."""
+        state = checkpoint.load(path)
+        checkpoint.load_model_state(self.model, state, path)
+        self.objective.load_state_dict(state.get("objective", {}))
+        if state.get("optimizer_target") != self.optimizer_target:
+            raise UserError(f"checkpoint {path} was trained with {state.get('optimizer_target')}, "
+                            f"this config asks for {self.optimizer_target}; resume with the "
+                            "same optimizer group")
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {path}: optimizer state does not fit ({e})") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        # Overrides given with resume= (optimizer.lr=..., weight decay, ...) win over the
+        # saved hyperparameters; the schedule factor is re-derived from the step.
+        self.scheduler.base_lrs = [f["initial_lr"] for f in fresh]
+        for group, f in zip(self.optimizer.param_groups, fresh):
+            group.update(f)
+            group["lr"] = f["initial_lr"] * self.lr_factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_val, self.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
+        self.history = list(state["history"])
+        self.train_time, self.train_images = float(state["train_time"]), int(state["train_images"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            if len(state["rng"]["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def load_best(self) -> int:
+        """Put the best checkpoint's weights in the model; returns its epoch (0: untrained)."""
+        best = self.ckpt_dir / "best.pt"
+        if not best.is_file():
+            return self.epoch
+        state = checkpoint.load(best)
+        checkpoint.load_model_state(self.model, state, best)
+        return int(state["epoch"])
