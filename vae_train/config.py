@@ -5,12 +5,15 @@ Every failure is a :class:`UserError` whose message starts with the key's full p
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_train.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -96,4 +99,7 @@ def resolve_device(device_cfg) -> tuple[torch.device, torch.dtype | None]:
         raise UserError("device=mps was asked for but Apple's MPS backend is not available "
                         "here; use device=auto or device=cpu")
     dtype = PRECISIONS[str(device_cfg.precision)]
+    if dtype == torch.float16 and kind == "cpu":
+        log.warning("device.precision=16 on the CPU runs, but slowly (no fast fp16 kernels); "
+                    "device.precision=bf16 is the faster choice there")
     return torch.device(kind), dtype

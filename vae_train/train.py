@@ -73,6 +73,26 @@ def resume_argv(argv: list[str]) -> list[str]:
     return flags + list(merged.values())
 
 
+def sweep_argv(argv: list[str]) -> list[str]:
+    """In a sweep, name each job's directory by the swept keys only: every other key given on
+    the command line goes into ``override_dirname.exclude_keys``."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    if any(a.startswith("hydra.job.config.override_dirname") for a in argv):
+        return argv
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cli = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(cli)
+    except Exception:  # noqa: BLE001 - Hydra reports bad overrides itself, in its own words
+        return argv
+    fixed = {o.key_or_group for o in parsed
+             if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")}
+    fixed |= {"dataset.root", "resume"}
+    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(fixed))}]"]
+
+
 # -- the run --------------------------------------------------------------------------------
 def hparams_of(cfg: DictConfig) -> dict:
     """The run's chosen options for TensorBoard's HPARAMS tab: group choices, the usual
@@ -180,7 +200,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     try:
-        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *sweep_argv(resume_argv(sys.argv[1:]))]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,59 @@
+"""Shared helpers: run the real command line in a subprocess, compose configs in-process,
+and write small data sets in the real on-disk formats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from vae_train.data.idx import write_idx
+from vae_train.train import CONFIG_DIR
+
+# A small, fast synthetic set for command-line runs.
+TINY = ["dataset=synthetic", "dataset.num_train=1200", "dataset.num_test=300",
+        "trainer.batch_size=64", "trainer.progress=false", "device=cpu"]
+
+
+def run_cli(args, cwd, check=True, env=None, timeout=300):
+    """``python -m vae_train ARGS`` in ``cwd``; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "vae_train", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+    return proc
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return compose_cfg
+
+
+def write_mnist_like(folder: Path, n_train: int = 300, n_test: int = 100, gz: bool = True,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write the four IDX files of an MNIST-like set: bright squares whose size is the label."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, lab in enumerate(labels):
+            r, c = rng.integers(2, 10, 2)
+            images[i, r:r + 8 + lab, c:c + 8 + lab] = 255
+        suffix = ".gz" if gz else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels)
+        out[split] = (images, labels)
+    return out

@@ -1,0 +1,148 @@
+"""The real command line, as a user runs it: run directory, resume, sweep, bad input."""
+
+import glob
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, run_cli
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = [Path(p) for p in glob.glob(str(cwd / "outputs" / "*" / "*")) if "multirun" not in p]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_a_run_writes_everything_a_user_needs(tmp_path):
+    proc = run_cli([*TINY, "trainer.epochs=2", "model.latent_dim=2"], tmp_path)
+    run = only_run_dir(tmp_path)                       # outputs/<date>/<time>
+    assert "test loss" in proc.stderr and str(run.name) in proc.stderr
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        assert (run / ".hydra" / name).is_file()
+    assert "epoch 2/2" in (run / "train.log").read_text()
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert state["epoch"] >= 1 and "optimizer" in state and "rng" in state
+    assert not list(run.glob("checkpoints/.*tmp"))    # no temporary files left behind
+
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("test_loss", "test_recon", "test_kl", "best_val_loss", "epoch", "images_per_sec"):
+        assert isinstance(m[key], (int, float)) and math.isfinite(m[key]), key
+    assert m["epoch"] == 2 and m["images_per_sec"] > 0 and len(m["history"]) == 2
+    assert m["test_loss"] == pytest.approx(m["test_recon"] + m["test_kl"], rel=1e-4)
+    assert m["test_loss"] < 450                         # an untrained model is ~543
+
+    for png in ("reconstructions", "samples", "manifold"):
+        with Image.open(run / f"{png}.png") as im:
+            assert im.size[0] > 50 and im.size[1] > 50
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = ea.Tags()
+    for tag in ("train/loss", "train/recon", "train/kl", "val/loss", "val/recon", "val/kl",
+                "test/loss", "test/recon", "test/kl", "opt/lr", "hparam/test_loss"):
+        assert tag in tags["scalars"], tag
+    for tag in ("images/reconstructions", "images/samples", "images/manifold",
+                "images/best_samples"):
+        assert any(t.startswith(tag) for t in tags["images"]), (tag, tags["images"])
+    assert len(ea.Scalars("val/loss")) == 2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = ea.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["model"].string_value == "vae" and hp["dataset"].string_value == "synthetic"
+    assert hp["model.latent_dim"].number_value == 2 and hp["loss.beta"].number_value == 1
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_cli([*TINY, "trainer.epochs=3", f"hydra.run.dir={full}"], tmp_path)
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={part}"], tmp_path)
+    # resume from the run directory, then from a checkpoint file, raising epochs each time
+    proc = run_cli([f"resume={part}", "trainer.epochs=2"], tmp_path)
+    assert "resumed from" in proc.stderr and "epoch 2/2" in proc.stderr
+    assert "epoch 1/" not in proc.stderr
+    run_cli([f"resume={part}/checkpoints/last.pt", "trainer.epochs=3"], tmp_path)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(part / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma = json.loads((full / "metrics.json").read_text())
+    mb = json.loads((part / "metrics.json").read_text())
+    assert ma["test_loss"] == mb["test_loss"] and ma["best_val_loss"] == mb["best_val_loss"]
+    assert [h["val_loss"] for h in ma["history"]] == [h["val_loss"] for h in mb["history"]]
+    assert len(list(tmp_path.glob("outputs/*/*"))) == 0   # resume stayed in its directory
+
+
+def test_sweep_writes_one_run_per_combination(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "loss.beta=0.5,1,4", "model.latent_dim=2,16", *TINY, "trainer.epochs=1",
+             f"hydra.sweep.dir={sweep}"], tmp_path)
+    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(runs) == 6
+    seen = set()
+    for run in runs:
+        cfg = (run / ".hydra" / "config.yaml").read_text()
+        beta = [line for line in cfg.splitlines() if line.strip().startswith("beta:")][0]
+        latent = [line for line in cfg.splitlines() if "latent_dim:" in line][0]
+        seen.add((float(beta.split()[-1]), int(latent.split()[-1])))
+        assert "loss.beta=" in run.name and "model.latent_dim=" in run.name
+        assert "dataset" not in run.name                   # only swept keys name a run
+    assert seen == {(b, l) for b in (0.5, 1.0, 4.0) for l in (2, 16)}
+
+
+BAD = [
+    (["model=nope"], "model"),
+    (["model.latent_dim=0"], "model.latent_dim"),
+    (["loss.beta=-1"], "loss.beta"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["trainer.batch_size=0"], "trainer.batch_size"),
+    (["trainer.epochs=-1"], "trainer.epochs"),
+    (["device.precision=8"], "device.precision"),
+    (["resume=does/not/exist"], "resume=does/not/exist"),
+    (["model.latent_dimm=3"], "model.latent_dimm"),
+    (["dataset=mnist", "dataset.root=DATA", "dataset.download=false"], "MNIST not found"),
+]
+if not torch.cuda.is_available():
+    BAD.append((["device=cuda"], "device=cuda"))
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_clear_line(args, needle, tmp_path):
+    args = [a.replace("DATA", str(tmp_path / "empty")) for a in args]
+    base = [a for a in TINY if not (a.startswith("dataset") and any(
+        b.startswith("dataset=") for b in args))]
+    proc = run_cli([*base, *args], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert needle in out, out
+    assert "Traceback" not in out, out
+    assert not list(tmp_path.glob("outputs/*/*/metrics.json"))
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "notarun").mkdir()
+    proc = run_cli([f"resume={tmp_path / 'notarun'}"], tmp_path, check=False)
+    assert proc.returncode == 2 and "not inside a vae-train run directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_and_zero_epochs(tmp_path):
+    exe = shutil.which("vae-train") or str(Path(sys.executable).parent / "vae-train")
+    import subprocess
+
+    proc = subprocess.run([exe, *TINY, "trainer.epochs=0", f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["epoch"] == 0 and m["test_loss"] > 450          # the untrained model's loss

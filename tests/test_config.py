@@ -1,0 +1,146 @@
+"""Every option of every config group composes and builds; the checks catch bad values."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg, write_mnist_like
+from vae_train.config import resolve_device, validate
+from vae_train.data.cifar import write_cifar_batch
+from vae_train.errors import UserError
+from vae_train.train import CONFIG_DIR, build
+from vae_train.trainer import Trainer, lr_factor_fn
+from vae_train.logging import TBLogger
+
+GROUPS = ["model", "dataset", "loss", "optimizer", "device"]
+SMALL = ["dataset=synthetic", "dataset.num_train=200", "dataset.num_test=50"]
+
+
+def options(group):
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_the_contract_options_exist():
+    assert set(options("model")) >= {"vae", "conv_vae", "cvae"}
+    assert set(options("dataset")) >= {"mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic"}
+    assert set(options("loss")) >= {"elbo"}
+    assert set(options("optimizer")) >= {"adam", "adamw", "sgd"}
+    assert set(options("device")) >= {"auto", "cpu", "cuda", "mps"}
+    cfg = compose_cfg()
+    choices = {"model": "vae", "dataset": "mnist", "loss": "elbo", "optimizer": "adam"}
+    assert cfg.model._target_.endswith(".VAE") and cfg.dataset.name == choices["dataset"]
+    assert cfg.device.type == "auto" and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert list(cfg.model.hidden_dims) == [400] and cfg.model.latent_dim == 20  # 784-400-20
+    assert cfg.trainer.batch_size == 128 and cfg.optimizer.lr == 1e-3
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for folder in ("MNIST", "FashionMNIST", "KMNIST"):
+        write_mnist_like(root / folder / "raw", 120, 40)
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_batch(cifar / name, rng.integers(0, 256, (24, 3, 32, 32)), rng.integers(0, 10, 24))
+    return root
+
+
+def _build_and_step(cfg, tmp_path):
+    validate(cfg)
+    dm, objective, model = build(cfg, torch.device("cpu"))
+    trainer = Trainer(cfg, model, objective, dm, torch.device("cpu"), None, tmp_path,
+                      TBLogger(tmp_path, enabled=False))
+    x, y = dm.train_batch(torch.arange(8))
+    terms = objective(model, x, y, step=0)
+    terms["loss"].backward()
+    trainer.optimizer.step()
+    assert torch.isfinite(terms["loss"])
+    assert model.decode(model.encode(x, y).mu, y).shape == x.shape
+    return dm, model
+
+
+@pytest.mark.parametrize("option", options("model"))
+@pytest.mark.parametrize("shape", ["1x28", "3x32"])
+def test_every_model_builds_for_grey_and_colour_images(option, shape, tmp_path):
+    extra = ["dataset.channels=3", "dataset.image_size=32"] if shape == "3x32" else []
+    cfg = compose_cfg([f"model={option}", *SMALL, *extra])
+    dm, model = _build_and_step(cfg, tmp_path)
+    assert model.input_shape == dm.shape
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_every_dataset_builds(option, data_root, tmp_path):
+    cfg = compose_cfg(SMALL if option == "synthetic" else
+                      [f"dataset={option}", f"dataset.root={data_root}", "dataset.download=false"])
+    dm, _ = _build_and_step(cfg, tmp_path)
+    assert dm.shape == ((3, 32, 32) if option == "cifar10" else (1, 28, 28))
+
+
+@pytest.mark.parametrize("option", options("loss"))
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_every_loss_builds(option, likelihood, tmp_path):
+    _build_and_step(compose_cfg([f"loss={option}", f"loss.likelihood={likelihood}", *SMALL]),
+                    tmp_path)
+
+
+def test_learned_sigma_is_trained(tmp_path):
+    cfg = compose_cfg(["loss.likelihood=gaussian", "loss.learn_sigma=true", *SMALL])
+    dm, model = _build_and_step(cfg, tmp_path)
+    assert model.likelihood.log_sigma.requires_grad
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_every_optimizer_and_schedule_builds(option, schedule, tmp_path):
+    cfg = compose_cfg([f"optimizer={option}", f"optimizer.lr_schedule.name={schedule}", *SMALL])
+    _build_and_step(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("option", options("device"))
+def test_every_device_resolves_or_says_why_not(option):
+    cfg = compose_cfg([f"device={option}"])
+    available = {"cpu": True, "auto": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}[option]
+    if available:
+        device, dtype = resolve_device(cfg.device)
+        assert dtype is None and (option == "auto" or device.type == option)
+    else:
+        with pytest.raises(UserError, match=f"device={option}.*not available"):
+            resolve_device(cfg.device)
+
+
+@pytest.mark.parametrize("precision,dtype", [("32", None), ("bf16", torch.bfloat16),
+                                             ("16", torch.float16)])
+def test_precisions(precision, dtype):
+    assert resolve_device(compose_cfg([f"device.precision={precision}", "device=cpu"]).device)[1] == dtype
+
+
+def test_lr_schedules_are_functions_of_the_step():
+    base = dict(warmup_steps=0, min_lr_ratio=0.1, step_epochs=2, gamma=0.5)
+    cos = lr_factor_fn({**base, "name": "cosine"}, 10, 100)
+    assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.55)
+    assert cos(100) == pytest.approx(0.1)
+    step = lr_factor_fn({**base, "name": "step"}, 10, 100)
+    assert [step(s) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.5, 0.25]
+    warm = lr_factor_fn({**base, "name": "constant", "warmup_steps": 4}, 10, 100)
+    assert [warm(s) for s in (0, 1, 3, 4, 50)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.latent_dim=0", "model.latent_dim"), ("loss.beta=-1", "loss.beta"),
+    ("optimizer.lr=0", "optimizer.lr"), ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.epochs=-1", "trainer.epochs"), ("device.precision=8", "device.precision"),
+    ("dataset.val_size=0", "dataset.val_size"), ("dataset.binarize=maybe", "dataset.binarize"),
+    ("loss.likelihood=poisson", "loss.likelihood"), ("model.hidden_dims=[0]", "model.hidden_dims"),
+    ("trainer.grad_clip=-2", "trainer.grad_clip"), ("dataset.train_size=0", "dataset.train_size"),
+])
+def test_validation_names_the_key(override, key):
+    cfg = compose_cfg([override])
+    with pytest.raises(UserError, match=f"^{key}="):
+        validate(cfg)
+    validate(compose_cfg())  # the defaults pass
