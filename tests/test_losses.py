@@ -69,3 +69,14 @@ def test_elbo_terms_add_up():
     assert torch.allclose(terms["loss"], terms["recon"] + 2.0 * terms["kl"], rtol=1e-5)
     assert torch.allclose(terms["elbo"], -(terms["recon"] + terms["kl"]), rtol=1e-5)
     assert terms["kl"] > 0
+
+
+def test_fast_bernoulli_nll_matches_torch_in_value_and_gradient():
+    from vae_train.losses import bernoulli_nll
+
+    torch.manual_seed(0)
+    o = (torch.randn(6, 50, dtype=torch.float64) * 8).requires_grad_()   # includes large |o|
+    x = torch.rand(6, 50, dtype=torch.float64)
+    ref = F.binary_cross_entropy_with_logits(o, x, reduction="none")
+    assert torch.allclose(bernoulli_nll(o, x), ref, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda t: bernoulli_nll(t, x), (o,))

@@ -157,6 +157,7 @@ class Trainer:
             raise SystemExit(130) from None
 
     def _one_epoch(self, epoch: int) -> None:
+        start = time.perf_counter()
         train = self.train_epoch(epoch)
         if not math.isfinite(train["loss"]):
             raise UserError(
@@ -178,6 +179,7 @@ class Trainer:
         if every and epoch % every == 0:
             self.tb.images(figures(self.model, self.fig_x, self.fig_y, len(self.fig_x)), self.step)
         self.epoch = epoch
+        self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
         state = self.state_dict()
         checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
         if improved:
