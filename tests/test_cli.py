@@ -146,3 +146,4 @@ def test_console_script_and_zero_epochs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["epoch"] == 0 and m["test_loss"] > 450          # the untrained model's loss
+    assert m["best_val_loss"] is None                        # strict JSON: no NaN

@@ -111,6 +111,8 @@ def hparams_of(cfg: DictConfig) -> dict:
         if key in ("resume", "dataset.root") or key in out:
             continue
         value = OmegaConf.select(cfg, key, default=None)
+        if key == "device.precision":  # 32 and bf16 in one column: keep one type
+            value = str(value)
         if isinstance(value, (bool, int, float, str)):
             out[key] = value
         elif value is not None:
@@ -118,9 +120,21 @@ def hparams_of(cfg: DictConfig) -> dict:
     return out
 
 
+def _finite_or_none(obj):
+    """Strict JSON: NaN and infinities (an untrained run's best_val_loss, ...) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    tmp.write_text(json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

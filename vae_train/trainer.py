@@ -96,11 +96,24 @@ class Trainer:
         n = len(self.data.train)
         perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        clip = self.t.grad_clip
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.t.epochs}",
                    unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if self.t.progress else True)
         start = time.perf_counter()
+        try:
+            self._steps(perm, bs, sums, bar)
+        finally:
+            bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
+        means = {k: (v / n).item() for k, v in sums.items()}  # .item() waits for the device
+        seconds = time.perf_counter() - start
+        self.train_time += seconds
+        self.train_images += n
+        means["seconds"] = seconds
+        means["images_per_sec"] = n / seconds
+        return means
+
+    def _steps(self, perm, bs, sums, bar) -> None:
+        clip = self.t.grad_clip
         for i in range(self.steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
             x, y = self.data.train_batch(idx)
@@ -122,14 +135,6 @@ class Trainer:
                 self.tb.scalars("train_step", values, self.step)
                 bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
             bar.update()
-        means = {k: (v / n).item() for k, v in sums.items()}  # .item() waits for the device
-        seconds = time.perf_counter() - start
-        bar.close()
-        self.train_time += seconds
-        self.train_images += n
-        means["seconds"] = seconds
-        means["images_per_sec"] = n / seconds
-        return means
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict:
