@@ -18,11 +18,11 @@ class TBLogger:
         for k, v in values.items():
             self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
-    def images(self, figs: dict, step: int) -> None:
+    def images(self, figs: dict, step: int, prefix: str = "images") -> None:
         if self.writer is None:
             return
         for name, img in figs.items():
-            self.writer.add_image(f"images/{name}", img, step)
+            self.writer.add_image(f"{prefix}/{name}", img, step)
 
     def hparams(self, hparam_dict: dict, metrics: dict, step: int) -> None:
         """The HPARAMS tab's row for this run, written into the run's own event file."""

@@ -15,6 +15,9 @@ from vae_train.errors import UserError
 
 LOG_2PI = math.log(2 * math.pi)
 
+# Entries of an objective's dict that are settings in force (logged), not loss terms.
+SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k"})
+
 
 def _sum_except_batch(t: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
     return t.flatten(batch_dims).sum(-1)
@@ -40,18 +43,27 @@ class DiagGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def rsample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mu.shape, device=self.mu.device, dtype=self.mu.dtype,
-                          generator=generator)
+    def rsample(self, k: int | None = None, generator: torch.Generator | None = None):
+        """One sample per distribution (``k=None``), or ``k`` stacked in a new first dim."""
+        shape = self.mu.shape if k is None else (k, *self.mu.shape)
+        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype, generator=generator)
         return self.mu + eps * self.std
+
+    def log_prob_dims(self, z: torch.Tensor) -> torch.Tensor:
+        """log density of each coordinate (nothing summed)."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z), summed over the last dimension."""
-        return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar)).sum(-1)
+        return self.log_prob_dims(z).sum(-1)
 
     def kl_to_standard_normal(self) -> torch.Tensor:
         """Analytic KL(q || N(0, I)) per latent dimension (last dim kept)."""
         return 0.5 * (self.mu ** 2 + torch.exp(self.logvar) - 1.0 - self.logvar)
+
+
+def standard_normal_log_prob_dims(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (LOG_2PI + z ** 2)
 
 
 class _BernoulliNLL(torch.autograd.Function):
@@ -99,6 +111,7 @@ class GaussianLikelihood(nn.Module):
     """p(x|z) = N(sigmoid(out), sigma^2) per pixel; sigma fixed or learned per channel."""
 
     name = "gaussian"
+    squash = staticmethod(torch.sigmoid)  # decoder output -> mean
 
     def __init__(self, sigma: float = 0.1, learn_sigma: bool = False, channels: int = 1):
         super().__init__()
@@ -109,34 +122,31 @@ class GaussianLikelihood(nn.Module):
             self.register_buffer("log_sigma", log_sigma)
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.sigmoid(out.float())
+        mean = self.squash(out.float())
         shape = (1, -1) + (1,) * (x.dim() - 2)
         log_sigma = self.log_sigma.clamp(min=math.log(1e-3)).view(shape)
         ll = -0.5 * LOG_2PI - log_sigma - 0.5 * ((x - mean) * torch.exp(-log_sigma)) ** 2
         return _sum_except_batch(ll)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(out.float())
+        return self.squash(out.float())
 
 
-class ELBO(nn.Module):
-    """The negative evidence lower bound, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)).
+class Objective(nn.Module):
+    """What every objective shares: the pixel likelihood it asks the model to use, and the
+    KL weight schedule (linear warm-up over ``warmup_steps`` to ``beta``).
 
-    ``beta`` weights the KL term (beta = 1 is the plain ELBO). With ``warmup_steps > 0`` the
-    KL weight rises linearly from 0 to ``beta`` over that many optimizer steps; the factor is
-    derived from the global step, so it survives a resume.
-
-    Returns a dict of named terms in nats per example; ``loss`` is what is minimised and
-    ``elbo`` is the unweighted bound (what a likelihood comparison should use).
+    Schedules are pure functions of the global optimizer step, so they continue exactly on
+    resume and do not move during validation (``step=None`` means evaluation: full weight).
     """
 
-    def __init__(self, beta: float = 1.0, likelihood: str = "bernoulli", sigma: float = 0.1,
-                 learn_sigma: bool = False, warmup_steps: int = 0):
+    def __init__(self, likelihood: str = "bernoulli", sigma: float = 0.1,
+                 learn_sigma: bool = False, beta: float = 1.0, warmup_steps: int = 0):
         super().__init__()
-        self.beta = float(beta)
         self.likelihood = likelihood
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)
+        self.beta = float(beta)
         self.warmup_steps = int(warmup_steps)
 
     def make_likelihood(self, channels: int) -> nn.Module:
@@ -147,23 +157,127 @@ class ELBO(nn.Module):
         raise UserError(f"loss.likelihood={self.likelihood!r} is not known; "
                         "use loss.likelihood=bernoulli or loss.likelihood=gaussian")
 
+    def warmup(self, step: int | None) -> float:
+        """The warm-up factor in [0, 1] at optimizer step ``step``."""
+        if step is None or self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, step / self.warmup_steps)
+
     def kl_weight(self, step: int | None) -> float:
         """The KL weight in force at optimizer step ``step`` (None: evaluation, full beta)."""
-        if step is None or self.warmup_steps <= 0:
-            return self.beta
-        return self.beta * min(1.0, step / self.warmup_steps)
+        return self.beta * self.warmup(step)
+
+
+class ELBO(Objective):
+    """The negative evidence lower bound, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)).
+
+    ``beta`` weights the KL term (beta = 1 is the plain ELBO); ``warmup_steps`` ramps it up
+    linearly; ``free_bits`` > 0 puts a floor under the KL of each latent dimension (averaged
+    over the batch, as Kingma et al. 2016), so the optimiser gains nothing by pushing a
+    dimension below it. ``analytic_kl`` uses the closed form where the model has one; false
+    uses the single-sample estimate log q(z|x) - log p(z), as the IWAE paper's VAE does.
+
+    Returns a dict of named terms in nats per example; ``loss`` is what is minimised and
+    ``elbo`` is the unweighted bound (what a likelihood comparison should use).
+    """
+
+    def __init__(self, beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0,
+                 analytic_kl: bool = True, **likelihood):
+        super().__init__(beta=beta, warmup_steps=warmup_steps, **likelihood)
+        self.free_bits = float(free_bits)
+        self.analytic_kl = bool(analytic_kl)
+
+    def kl_terms(self, model, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(recon per example, KL per example, KL per dimension (B, D)) from one sample."""
+        out = model.infer(x, y, k=1, analytic_kl=self.analytic_kl)
+        recon = -out["log_px"][0]
+        kl_dims = out["kl_dims"][0]
+        kl = kl_dims.sum(-1) if self.analytic_kl else (out["log_qz"] - out["log_pz"])[0]
+        return recon, kl, kl_dims
+
+    def penalty(self, kl: torch.Tensor, kl_dims: torch.Tensor, step) -> tuple[torch.Tensor, dict]:
+        """The KL part of the loss (a batch mean) and the schedule values to log."""
+        weight = self.kl_weight(step)
+        kl_term = kl.mean()
+        if self.free_bits > 0:
+            kl_term = kl_dims.mean(0).clamp_min(self.free_bits).sum()
+        return weight * kl_term, {"kl_weight": weight, "beta": self.beta,
+                                  "warmup": self.warmup(step)}
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
                 step: int | None = None) -> dict[str, torch.Tensor]:
-        out = model(x, y)
-        recon = -model.likelihood.log_prob(out["x_out"], x)
-        kl = out["kl"]
-        weight = self.kl_weight(step)
-        loss = recon + weight * kl
-        return {
-            "loss": loss.mean(),
+        recon, kl, kl_dims = self.kl_terms(model, x, y)
+        penalty, logged = self.penalty(kl, kl_dims, step)
+        terms = {
+            "loss": recon.mean() + penalty,
             "recon": recon.mean(),
             "kl": kl.mean(),
             "elbo": -(recon + kl).mean(),
-            "kl_weight": torch.tensor(weight),
+        }
+        terms.update({k: torch.tensor(float(v)) for k, v in logged.items()})
+        return terms
+
+
+class BetaVAE(ELBO):
+    """beta-VAE (Higgins et al. 2017): the ELBO with beta = 4 by default; or, with
+    ``capacity=true``, the capacity-annealed form of Burgess et al. (2018):
+    ``recon + gamma * |KL - C|``, where C rises linearly from 0 to ``C_max`` nats over
+    ``C_stop_steps`` optimizer steps (a function of the global step)."""
+
+    def __init__(self, beta: float = 4.0, capacity: bool = False, gamma: float = 1000.0,
+                 C_max: float = 25.0, C_stop_steps: int = 100000, **kw):
+        super().__init__(beta=beta, **kw)
+        self.capacity = bool(capacity)
+        self.gamma = float(gamma)
+        self.C_max = float(C_max)
+        self.C_stop_steps = int(C_stop_steps)
+
+    def C(self, step: int | None) -> float:
+        """The capacity target in nats at optimizer step ``step`` (None: its final value)."""
+        if step is None or self.C_stop_steps <= 0:
+            return self.C_max
+        return self.C_max * min(1.0, step / self.C_stop_steps)
+
+    def penalty(self, kl, kl_dims, step):
+        if not self.capacity:
+            return super().penalty(kl, kl_dims, step)
+        c = self.C(step)
+        weight = self.gamma * self.warmup(step)
+        return weight * (kl.mean() - c).abs(), {"kl_weight": weight, "C": c, "gamma": self.gamma,
+                                                "warmup": self.warmup(step)}
+
+
+def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted bound per example from log weights of shape (k, B):
+    logsumexp_i(log w_i) - log k. With k = 1 it is the single-sample ELBO."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+class IWAE(Objective):
+    """The importance-weighted autoencoder bound (Burda et al. 2016) with ``k`` samples.
+
+    log w_i = log p(x, z_i) - log q(z_i | x), z_i ~ q(z|x); the loss is the negative of
+    logsumexp_i(log w_i) - log k, averaged over the batch. Also logged, from the same samples:
+    ``elbo`` (the mean log weight), ``recon`` (-log p(x|z)) and ``kl`` (log q - log p(z)).
+    """
+
+    def __init__(self, k: int = 5, **kw):
+        super().__init__(**kw)
+        if int(k) < 1:
+            raise UserError(f"loss.k={k} is invalid: it must be an integer >= 1")
+        self.k = int(k)
+
+    def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
+                step: int | None = None) -> dict[str, torch.Tensor]:
+        out = model.infer(x, y, k=self.k, analytic_kl=False)
+        log_w = out["log_px"] + out["log_pz"] - out["log_qz"]
+        bound = iwae_bound(log_w)
+        kl = (out["log_qz"] - out["log_pz"]).mean()
+        return {
+            "loss": -bound.mean(),
+            "iwae": bound.mean(),
+            "recon": -out["log_px"].mean(),
+            "kl": kl,
+            "elbo": log_w.mean(),
+            "k": torch.tensor(float(self.k)),
         }

@@ -41,22 +41,56 @@ def class_grid(model, per_class: int = 10, seed: int = 0) -> torch.Tensor:
     """One row per class; each column shares one z, so a column is one 'style'."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(per_class, model.latent_dim, generator=g).to(device)
+    z = torch.randn(per_class, model.code_dim, generator=g).to(device)
     k = model.num_classes
     y = torch.arange(k, device=device).repeat_interleave(per_class)
-    imgs = model.likelihood.mean(model.decode(z.repeat(k, 1), y))
+    imgs = model.decode_code(z.repeat(k, 1), y)
     return make_grid(imgs.cpu(), nrow=per_class, pad_value=0.5)
 
 
 @torch.no_grad()
 def manifold(model, side: int = 15) -> torch.Tensor:
-    """For 2-D latents: decode a grid of z at evenly spaced Gaussian quantiles."""
+    """For 2-D codes: decode a grid of z at evenly spaced Gaussian quantiles."""
     device = next(model.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
     z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1).to(device)
-    imgs = model.likelihood.mean(model.decode(z, None))
+    imgs = model.decode_code(z, None)
     return make_grid(imgs.cpu(), nrow=side, pad_value=0.5)
+
+
+@torch.no_grad()
+def traversals(model, x: torch.Tensor, y: torch.Tensor | None, dims: list[int],
+               steps: int = 9, span: float = 3.0) -> torch.Tensor:
+    """One row per code dimension in ``dims``: the code of image ``x[0]`` with that dimension
+    swept over +-``span`` prior standard deviations around its value; the input image is
+    drawn at the left of every row."""
+    y0 = y[:1] if model.conditional else None
+    c = model.code(x[:1], y0)                                      # (1, D)
+    offsets = torch.linspace(-span, span, steps, device=c.device)
+    rows = []
+    for d in dims:
+        codes = c.repeat(steps, 1)
+        codes[:, d] = c[0, d] + offsets
+        imgs = model.decode_code(codes, None if y0 is None else y0.repeat(steps))
+        rows.append(torch.cat([x[:1].float(), imgs.to(x.dtype)]))
+    return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 1, pad_value=0.5)
+
+
+@torch.no_grad()
+def interpolations(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
+                   steps: int = 10) -> torch.Tensor:
+    """One row per pair of images (x[2i], x[2i+1]): the first image, the decoded codes on the
+    straight line between their posterior means, the second image."""
+    rows = []
+    t = torch.linspace(0, 1, steps, device=x.device).view(-1, 1)
+    for i in range(pairs):
+        a, b = x[2 * i:2 * i + 1], x[2 * i + 1:2 * i + 2]
+        ya = y[2 * i:2 * i + 1] if model.conditional else None
+        ca, cb = model.code(a, ya), model.code(b, y[2 * i + 1:2 * i + 2] if ya is not None else None)
+        imgs = model.decode_code((1 - t) * ca + t * cb, None if ya is None else ya.repeat(steps))
+        rows.append(torch.cat([a, imgs.to(x.dtype), b]))
+    return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 2, pad_value=0.5)
 
 
 def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
@@ -67,7 +101,7 @@ def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> d
            "samples": prior_samples(model, n, seed)}
     if model.conditional:
         out["class_samples"] = class_grid(model, seed=seed)
-    elif model.latent_dim == 2:
+    elif model.code_dim == 2:
         out["manifold"] = manifold(model)
     model.train(was_training)
     return out

@@ -22,6 +22,7 @@ from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
 from vae_train.errors import UserError
 from vae_train.logging import TBLogger
+from vae_train.losses import SCHEDULE_TERMS
 from vae_train.pictures import figures, save_figures
 from vae_train.trainer import Trainer
 
@@ -176,8 +177,7 @@ def run(cfg: DictConfig) -> float:
         best_epoch = trainer.load_best()
         test = trainer.evaluate(dm.test)
         metrics = {
-            "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
-            "test_elbo": test.get("elbo", math.nan),
+            **{f"test_{k}": v for k, v in test.items() if k not in SCHEDULE_TERMS},
             "best_val_loss": trainer.best_val if trainer.best_epoch else math.nan,
             "best_epoch": best_epoch, "epoch": trainer.epoch, "steps": trainer.step,
             "images_per_sec": (trainer.train_images / trainer.train_time

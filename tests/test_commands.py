@@ -1,0 +1,137 @@
+"""``evaluate`` and ``sample`` on small trained runs, through their real command lines."""
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, run_cli
+
+
+def run_module(module, args, cwd, check=True):
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Result:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+@pytest.fixture
+def call(capsys):
+    """Run a command's main() in this process (no interpreter start-up), like the CLI."""
+
+    def _call(module, args, cwd=None, check=True):
+        main = importlib.import_module(module).main
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"exit {code}\n{captured.out}\n{captured.err}")
+        return Result(code, captured.out, captured.err)
+
+    return _call
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, extra in (("vae2d", ["model.latent_dim=2"]), ("cvae", ["model=cvae"]),
+                        ("hvae", ["model=hvae", "loss=iwae", "loss.k=3"])):
+        out[name] = base / name
+        run_cli([*TINY, "trainer.epochs=2", *extra, f"hydra.run.dir={out[name]}"], base)
+    return out
+
+
+@pytest.mark.parametrize("name", ["vae2d", "cvae", "hvae"])
+def test_evaluate_writes_eval_json(runs, name, tmp_path, call):
+    run = runs[name]
+    proc = (run_module if name == "vae2d" else call)("vae_train.evaluate", [f"run={run}", "k=50", "n=120", "batch_size=50",
+                                             "max_batch=600", "progress=false"], tmp_path)
+    assert "NLL (k=50)" in proc.stdout and "active units" in proc.stdout
+    res = json.loads((run / "eval.json").read_text())
+    for key in ("nll", "elbo", "k", "active_units", "kl_per_dim", "recon", "kl"):
+        assert key in res
+    assert res["k"] == 50 and res["n"] == 120 and res["split"] == "test"
+    # the 50-sample bound is tighter than the ELBO: NLL estimate below -ELBO
+    assert 0 < res["nll"] < -res["elbo"]
+    assert res["elbo"] == pytest.approx(-(res["recon"] + res["kl"]), rel=1e-4)
+    dims = {"vae2d": [2], "cvae": [20], "hvae": [100, 50]}[name]
+    assert res["latent_dims_per_layer"] == dims and len(res["kl_per_dim"]) == sum(dims)
+    assert 0 <= res["active_units"] <= sum(dims)
+    assert res["conditional"] == (name == "cvae")
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(run)).Reload().Tags()["scalars"]
+    assert "eval_test/nll_k50" in tags and "eval_test/active_units" in tags
+
+
+def test_evaluate_other_split_and_last_checkpoint(runs, tmp_path, call):
+    run = runs["vae2d"]
+    call("vae_train.evaluate", [f"run={run}", "k=5", "n=40", "split=val",
+                                      "checkpoint=last", "progress=false"], tmp_path)
+    res = json.loads((run / "eval_val.json").read_text())
+    assert res["split"] == "val" and res["checkpoint"] == "last" and res["n"] == 40
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("vae2d", {"samples", "reconstructions", "traversals", "interpolations", "manifold"}),
+    ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples"}),
+    ("hvae", {"samples", "reconstructions", "traversals", "interpolations"}),
+])
+def test_sample_writes_the_pictures(runs, name, expected, tmp_path, call):
+    run = runs[name]
+    out = tmp_path / "pics"
+    proc = (run_module if name == "vae2d" else call)("vae_train.sample", [f"run={run}", "n=16", "dims=3", "steps=5", "pairs=2",
+                                           "interp_steps=4", f"out={out}"], tmp_path)
+    assert {p.stem for p in out.glob("*.png")} == expected
+    with Image.open(out / "traversals.png") as im:      # 3 rows of image + 5 steps
+        w, h = im.size
+    assert w > h
+    assert "traversed code dimensions" in proc.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(run), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert "sample/traversals" in tags
+
+
+def test_sample_is_seeded(runs, tmp_path, call):
+    run = runs["vae2d"]
+    for name in ("a", "b"):
+        call("vae_train.sample", [f"run={run}", "n=9", "seed=3", f"out={tmp_path / name}"],
+                   tmp_path)
+    assert (tmp_path / "a" / "samples.png").read_bytes() == (tmp_path / "b" / "samples.png").read_bytes()
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("vae_train.evaluate", [], "run=... is required"),
+    ("vae_train.evaluate", ["run=/no/such/run"], "not a vae-train run directory"),
+    ("vae_train.evaluate", ["run=RUN", "k=0"], "k=0"),
+    ("vae_train.evaluate", ["run=RUN", "kk=3"], "unknown option 'kk'"),
+    ("vae_train.evaluate", ["run=RUN", "split=dev"], "split='dev'"),
+    ("vae_train.sample", ["run=RUN", "n=0"], "n=0"),
+    ("vae_train.sample", ["run=RUN", "checkpoint=/no/such.pt"], "no checkpoint"),
+])
+def test_bad_arguments_are_one_line(runs, module, args, needle, tmp_path, call):
+    args = [a.replace("RUN", str(runs["vae2d"])) for a in args]
+    proc = call(module, args, tmp_path, check=False)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_bad_argument_from_the_command_line(tmp_path):
+    proc = run_module("vae_train.evaluate", ["k=5"], tmp_path, check=False)
+    assert proc.returncode == 2 and "run=... is required" in proc.stderr
+    assert "Traceback" not in proc.stderr

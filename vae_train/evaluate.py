@@ -1,0 +1,163 @@
+"""``python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] [...]``
+
+The importance-sampled log-likelihood of a trained run, with its ELBO, active units and the
+KL per latent dimension; written to ``eval.json`` in the run directory (``eval_<split>.json``
+for other splits), printed as a table, and logged to the run's TensorBoard.
+
+    log p(x) ~ logsumexp_i(log p(x, z_i) - log q(z_i | x)) - log k,   z_i ~ q(z | x)
+
+is the importance-weighted bound with k samples; it approaches log p(x) from below as k grows
+(Burda et al. 2016). Examples are batched and the k samples chunked, so at most ``max_batch``
+(example, sample) pairs are decoded at once and memory stays bounded whatever k is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from vae_train.runs import command, load_run, parse_args, pick_split
+
+DEFAULTS = {
+    "run": "???",        # the run directory
+    "k": 5000,           # importance samples per example
+    "split": "test",     # test | val | train
+    "checkpoint": "best",  # best | last | a .pt path
+    "n": None,           # only the first n examples of the split (None: all)
+    "batch_size": 100,   # examples per batch
+    "max_batch": 16384,  # (example, sample) pairs decoded at once: bounds memory
+    "threshold": 0.01,   # active unit: Cov_x(E_q[z_d]) above this (Burda et al.)
+    "device": "auto",
+    "seed": 0,
+    "progress": True,
+}
+USAGE = ("usage: python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] "
+         "[checkpoint=best] [n=N] [batch_size=100] [max_batch=16384] [threshold=0.01] "
+         "[device=auto] [seed=0] [progress=true]")
+
+
+@torch.no_grad()
+def log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int,
+                   max_batch: int = 16384) -> torch.Tensor:
+    """The k-sample importance-weighted estimate of log p(x) per example, in chunks of
+    samples; logsumexp over chunks of per-chunk logsumexps is exact."""
+    chunk = max(1, max_batch // len(x))
+    parts, done = [], 0
+    while done < k:
+        kk = min(chunk, k - done)
+        out = model.infer(x, y, k=kk, analytic_kl=False)
+        parts.append(torch.logsumexp(out["log_px"] + out["log_pz"] - out["log_qz"], dim=0))
+        done += kk
+    return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
+
+
+def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
+    """Per layer: how many dimensions have Cov_x(E_q[z_d]) > threshold."""
+    return [int((m.var(dim=0, unbiased=True) > threshold).sum()) for m in means]
+
+
+@torch.no_grad()
+def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: int | None = None,
+             progress: bool = True) -> dict:
+    """NLL, ELBO, active units and KL per dimension over an iterable of (x, y) batches."""
+    sums = {"ll": 0.0, "elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    kl_dims, means, n = None, None, 0
+    y_of = (lambda y: y) if model.conditional else (lambda y: None)
+    for x, y in tqdm(batches, total=total, desc=f"evaluate k={k}", unit="batch", leave=False,
+                     disable=None if progress else True):
+        y = y_of(y)
+        ll = log_likelihood(model, x, y, k, max_batch)
+        one = model.infer(x, y, k=1, analytic_kl=True)
+        recon = -one["log_px"][0]
+        kl_b = one["kl_dims"][0]
+        sums["ll"] += ll.sum().item()
+        sums["recon"] += recon.sum().item()
+        sums["kl"] += kl_b.sum().item()
+        sums["elbo"] += -(recon + kl_b.sum(-1)).sum().item()
+        kl_dims = kl_b.sum(0) if kl_dims is None else kl_dims + kl_b.sum(0)
+        layer_means = [m.float().cpu() for m in model.latent_means(x, y)]
+        means = [[m] for m in layer_means] if means is None else \
+            [acc + [m] for acc, m in zip(means, layer_means)]
+        n += len(x)
+    means = [torch.cat(m) for m in means]
+    units = active_units(means, threshold)
+    return {
+        "nll": -sums["ll"] / n,
+        "elbo": sums["elbo"] / n,
+        "recon": sums["recon"] / n,
+        "kl": sums["kl"] / n,
+        "k": k,
+        "n": n,
+        "active_units": sum(units),
+        "active_units_per_layer": units,
+        "latent_dims_per_layer": [m.shape[1] for m in means],
+        "kl_per_dim": [round(v, 5) for v in (kl_dims / n).tolist()],
+    }
+
+
+def print_table(result: dict, file=None) -> None:
+    file = file or sys.stdout
+    layers = result["latent_dims_per_layer"]
+    au = " + ".join(f"{a}/{d}" for a, d in zip(result["active_units_per_layer"], layers))
+    kl = sorted(result["kl_per_dim"], reverse=True)
+    rows = [
+        ("examples", f"{result['n']} ({result['split']})"),
+        (f"NLL (k={result['k']})", f"{result['nll']:.2f} nats"),
+        ("-ELBO", f"{-result['elbo']:.2f} nats  (recon {result['recon']:.2f}, kl {result['kl']:.2f})"),
+        ("gap (-ELBO - NLL)", f"{-result['elbo'] - result['nll']:.2f} nats"),
+        ("active units", au),
+        ("largest KL per dim", ", ".join(f"{v:.2f}" for v in kl[:8]) + (" ..." if len(kl) > 8 else "")),
+        ("time", f"{result['seconds']:.1f} s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}", file=file)
+
+
+@command
+def main(argv):
+    args = parse_args(argv, DEFAULTS, USAGE)
+    if int(args.k) < 1:
+        from vae_train.errors import UserError
+        raise UserError(f"k={args.k} is invalid: it must be an integer >= 1")
+    run = load_run(args.run, args.checkpoint, args.device)
+    split = pick_split(run, args.split)
+    bs = int(args.batch_size)
+    n = len(split) if args.n is None else min(int(args.n), len(split))
+    torch.manual_seed(int(args.seed))
+
+    def batches():
+        for a in range(0, n, bs):
+            b = min(n, a + bs)
+            yield split.x[a:b].float().div(255), split.y[a:b]
+
+    start = time.perf_counter()
+    result = evaluate(run.model, batches(), int(args.k), int(args.max_batch),
+                      float(args.threshold), total=math.ceil(n / bs), progress=bool(args.progress))
+    result.update(split=args.split, seconds=time.perf_counter() - start,
+                  checkpoint=str(args.checkpoint), epoch=run.state.get("epoch"),
+                  conditional=bool(run.model.conditional))
+    if run.model.conditional:
+        result["note"] = "conditional model: nll estimates -log p(x | y)"
+    name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+    from vae_train.train import write_json
+
+    write_json(run.run_dir / name, result)
+    from vae_train.logging import TBLogger
+
+    tb = TBLogger(run.run_dir)
+    tb.scalars(f"eval_{args.split}", {f"nll_k{args.k}": result["nll"], "elbo": result["elbo"],
+                                      "active_units": result["active_units"]}, run.step)
+    tb.close()
+    print_table(result)
+    print(f"wrote {run.run_dir / name}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
