@@ -88,7 +88,7 @@ def test_sweep_writes_one_run_per_combination(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(["-m", "loss.beta=0.5,1,4", "model.latent_dim=2,16", *TINY, "trainer.epochs=1",
              f"hydra.sweep.dir={sweep}"], tmp_path)
-    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    runs = sorted((p.parent for p in sweep.glob("*/metrics.json")), key=lambda p: p.name)
     assert len(runs) == 6
     seen = set()
     for run in runs:
@@ -99,6 +99,12 @@ def test_sweep_writes_one_run_per_combination(tmp_path):
         assert "loss.beta=" in run.name and "model.latent_dim=" in run.name
         assert "dataset" not in run.name                   # only swept keys name a run
     assert seen == {(b, l) for b in (0.5, 1.0, 4.0) for l in (2, 16)}
+    # a sweep's run directory (its name holds '=' and ',') resumes like any other
+    one = runs[3]
+    proc = run_cli([f"resume={one}", "trainer.epochs=2"], tmp_path)
+    assert "epoch 2/2" in proc.stderr
+    m = json.loads((one / "metrics.json").read_text())
+    assert m["epoch"] == 2 and len(m["history"]) == 2
 
 
 BAD = [
@@ -147,3 +153,59 @@ def test_console_script_and_zero_epochs(tmp_path):
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["epoch"] == 0 and m["test_loss"] > 450          # the untrained model's loss
     assert m["best_val_loss"] is None                        # strict JSON: no NaN
+
+
+def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    before = {f.name: f.read_text() for f in (run / ".hydra").glob("*.yaml")}
+    for bad, needle in (("optimizer.lr=0", "optimizer.lr=0"),
+                        ("model.latent_dim=5", "does not fit this model"),
+                        ("optimizer=sgd", "trained with torch.optim.Adam")):
+        proc = run_cli([f"resume={run}", bad], tmp_path, check=False)
+        assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert {f.name: f.read_text() for f in (run / ".hydra").glob("*.yaml")} == before
+    proc = run_cli([f"resume={run}", "trainer.epochs=2"], tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["epoch"] == 2
+
+
+def test_resume_from_a_checkpoint_copied_elsewhere_opens_a_new_run(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    lone = tmp_path / "lone.pt"
+    shutil.copy(run / "checkpoints" / "last.pt", lone)
+    run_cli([f"resume={lone}", "trainer.epochs=2"], tmp_path)
+    new = only_run_dir(tmp_path)
+    m = json.loads((new / "metrics.json").read_text())
+    assert m["epoch"] == 2 and len(m["history"]) == 2
+    assert "dataset=synthetic" in (new / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
+    import os
+
+    from vae_train import checkpoint
+    from vae_train.errors import UserError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": checkpoint.FORMAT, "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refused.*could run code.*system"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        checkpoint.load(tmp_path / "text.pt")
+    good = tmp_path / "good.pt"
+    checkpoint.save_atomic({"format": checkpoint.FORMAT, "w": torch.ones(1000)}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        checkpoint.load(tmp_path / "cut.pt")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not a vae-train checkpoint"):
+        checkpoint.load(tmp_path / "foreign.pt")

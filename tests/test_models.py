@@ -68,6 +68,9 @@ def test_cvae_uses_the_label(tmp_path):
     (["model=vae"], {"reconstructions", "samples"}),
     (["model=vae", "model.latent_dim=2"], {"reconstructions", "samples", "manifold"}),
     (["model=cvae"], {"reconstructions", "samples", "class_samples"}),
+    (["model=cvae", "model.latent_dim=2"], {"reconstructions", "samples", "class_samples",
+                                            "manifold"}),
+    (["model=hvae", "model.latent_dim2=2"], {"reconstructions", "samples", "manifold"}),
 ])
 def test_figures_for_each_model(overrides, expected, tmp_path):
     trainer = make_trainer(overrides, tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -31,12 +32,15 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):   # torch.save writes a zip archive
+        raise UserError(f"checkpoint {path} is truncated or corrupt: not a PyTorch zip archive")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} was refused: it holds objects that are not plain "
-                        f"tensors and containers, and loading it could run code ({first})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it names {found.group(1)}" if found else "it is not a plain tensor file"
+        raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and "
+                        f"containers, so loading it could run code ({what})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} is truncated or corrupt: {first}") from None

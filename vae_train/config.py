@@ -6,6 +6,7 @@ Every failure is a :class:`UserError` whose message starts with the key's full p
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 
 import torch
@@ -23,7 +24,7 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # (key, test, what the value must be)

@@ -49,13 +49,15 @@ def class_grid(model, per_class: int = 10, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def manifold(model, side: int = 15) -> torch.Tensor:
-    """For 2-D codes: decode a grid of z at evenly spaced Gaussian quantiles."""
+def manifold(model, side: int = 15, label: int = 0) -> torch.Tensor:
+    """For 2-D codes: decode a grid of z at evenly spaced Gaussian quantiles (conditional
+    models: for class ``label``)."""
     device = next(model.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
     z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1).to(device)
-    imgs = model.decode_code(z, None)
+    y = torch.full((len(z),), label, device=device) if model.conditional else None
+    imgs = model.decode_code(z, y)
     return make_grid(imgs.cpu(), nrow=side, pad_value=0.5)
 
 
@@ -101,7 +103,7 @@ def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> d
            "samples": prior_samples(model, n, seed)}
     if model.conditional:
         out["class_samples"] = class_grid(model, seed=seed)
-    elif model.code_dim == 2:
+    if model.code_dim == 2:
         out["manifold"] = manifold(model)
     model.train(was_training)
     return out

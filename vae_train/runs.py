@@ -86,9 +86,8 @@ def load_run(run: str, which: str = "best", device: str = "auto") -> LoadedRun:
     from vae_train.train import build  # the same construction as training
 
     run_dir = Path(run).expanduser()
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"run={run}: not a vae-train run directory (no .hydra/config.yaml)")
+    if not (run_dir / ".hydra").is_dir():
+        raise UserError(f"run={run}: not a vae-train run directory (no .hydra/ folder)")
     ckpt = Path(which) if which not in ("best", "last") else run_dir / "checkpoints" / f"{which}.pt"
     if not ckpt.is_file():
         alt = run_dir / "checkpoints" / "last.pt"
@@ -97,11 +96,14 @@ def load_run(run: str, which: str = "best", device: str = "auto") -> LoadedRun:
         else:
             raise UserError(f"run={run}: no checkpoint {ckpt}; train the run first "
                             "(or pick one with checkpoint=best|last|PATH)")
-    cfg = OmegaConf.load(cfg_path)
+    state = checkpoint.load(ckpt)
+    # The config saved with the weights is the one that built them (a later, failed resume
+    # may have rewritten .hydra/config.yaml).
+    cfg = OmegaConf.create(state["config"]) if "config" in state else \
+        OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     dev, _ = resolve_device(OmegaConf.create({"type": device, "precision": 32}))
     torch.manual_seed(int(cfg.get("seed", 0)))
     dm, objective, model = build(cfg, dev)
-    state = checkpoint.load(ckpt)
     checkpoint.load_model_state(model, state, ckpt)
     model.eval()
     log.info("loaded %s (epoch %s) of %s on %s", ckpt.name, state.get("epoch"), run_dir, dev)

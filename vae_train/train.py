@@ -38,39 +38,53 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def find_run(path: str) -> tuple[Path, Path]:
-    """(run directory, checkpoint) for a ``resume=`` value: a run directory or a .pt file."""
-    p = Path(path).expanduser()
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].replace("\\" + value[0], value[0])
+    return value
+
+
+def _quote(value) -> str:
+    """A value for Hydra's override grammar: paths of sweep runs hold '=' and ','."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def find_run(path: str) -> tuple[Path | None, Path]:
+    """(run directory or None, checkpoint) for a ``resume=`` value: a run directory, or a
+    checkpoint file (inside its run directory, or copied anywhere)."""
+    p = Path(_unquote(path)).expanduser()
     if not p.exists():
         raise UserError(f"resume={path}: no such file or directory; give a run directory "
                         "(outputs/<date>/<time>) or a checkpoint file")
     ckpt = p / "checkpoints" / "last.pt" if p.is_dir() else p
-    run_dir = next((d for d in [ckpt.parent, *ckpt.parents] if (d / ".hydra").is_dir()), None)
-    if run_dir is None:
-        raise UserError(f"resume={path}: not inside a vae-train run directory "
-                        "(no .hydra/ folder found above it)")
     if not ckpt.is_file():
         raise UserError(f"resume={path}: {ckpt} does not exist (the run stopped before its first "
-                        "epoch ended); start it again without resume=")
-    return run_dir.resolve(), ckpt.resolve()
+                        "epoch ended, or this is not a run directory); start it again without "
+                        "resume=")
+    run_dir = next((d for d in [ckpt.parent, *ckpt.parents] if (d / ".hydra").is_dir()), None)
+    return (run_dir.resolve() if run_dir else None), ckpt.resolve()
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """Rewrite a command line with ``resume=PATH`` into the run's saved overrides followed by
-    the new ones (later wins), running in the same run directory."""
+    """Rewrite a command line with ``resume=PATH`` into the overrides the checkpoint was trained
+    with followed by the new ones (later wins), running in the checkpoint's run directory (a
+    new one when the checkpoint was copied out of it)."""
+    from vae_train import checkpoint
+
     resume = [a for a in argv if _override_key(a) == "resume"]
-    if not resume or resume[-1].split("=", 1)[1] in ("", "null"):
+    if not resume or _unquote(resume[-1].split("=", 1)[1]) in ("", "null"):
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
         raise UserError("resume= continues one run; it cannot be combined with -m/--multirun")
     run_dir, ckpt = find_run(resume[-1].split("=", 1)[1])
-    saved = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    saved = checkpoint.load(ckpt).get("overrides", [])
     merged: dict[str, str] = {}
     for o in [*saved, *(a for a in argv if "=" in a and not a.startswith("-"))]:
         merged[_override_key(o)] = o
-    merged["resume"] = f"resume={ckpt}"
+    merged["resume"] = f"resume={_quote(ckpt)}"
+    if run_dir is not None:
+        merged.setdefault("hydra.run.dir", f"hydra.run.dir={_quote(run_dir)}")
     flags = [a for a in argv if "=" not in a or a.startswith("-")]
-    merged.setdefault("hydra.run.dir", f"hydra.run.dir={run_dir}")
     return flags + list(merged.values())
 
 
@@ -171,6 +185,8 @@ def run(cfg: DictConfig) -> float:
     tb = TBLogger(run_dir)
     try:
         trainer = Trainer(cfg, model, objective, dm, device, amp_dtype, run_dir, tb)
+        trainer.overrides = [o for o in HydraConfig.get().overrides.task
+                             if _override_key(o) != "resume"]
         if cfg.resume:
             trainer.restore(Path(cfg.resume))
         trainer.fit()
@@ -218,7 +234,20 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    # Hydra rewrites <run>/.hydra/ before the run checks anything: a resume that fails (a bad
+    # override, a checkpoint that does not fit) must not leave its config there.
+    run_dir = next((_unquote(a.split("=", 1)[1]) for a in sys.argv
+                    if a.startswith("hydra.run.dir=")), None)
+    saved = {}
+    if run_dir and any(_override_key(a) == "resume" for a in sys.argv[1:]):
+        saved = {f: f.read_bytes() for f in (Path(run_dir) / ".hydra").glob("*.yaml")}
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            for f, data in saved.items():
+                f.write_bytes(data)
+        raise
 
 
 if __name__ == "__main__":

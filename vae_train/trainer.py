@@ -64,8 +64,11 @@ class Trainer:
         params = list(model.parameters()) + list(objective.parameters())
         try:
             self.optimizer = instantiate(opt_cfg)(params)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"optimizer: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
+            cause = e.__cause__ or e
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise UserError(f"optimizer={opt_cfg['_target_']} cannot be built from these "
+                            f"settings: {type(cause).__name__}: {first}") from None
         self.lr_factor = lr_factor_fn(sched_cfg, self.steps_per_epoch,
                                       self.steps_per_epoch * int(self.t.epochs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -79,6 +82,7 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time = 0.0
         self.train_images = 0
+        self.overrides: list[str] = []   # the command line's overrides, for resume=
         # A fixed validation batch for pictures, so grids compare across epochs.
         k = min(int(self.t.num_images), len(data.val))
         self.fig_x = data.val.x[:k].float().div(255)
@@ -157,18 +161,25 @@ class Trainer:
             for epoch in range(self.epoch + 1, epochs + 1):
                 self._one_epoch(epoch)
         except KeyboardInterrupt:
-            log.error("interrupted in epoch %d; checkpoints/last.pt holds epoch %d. Continue with: "
-                      "python -m vae_train resume=%s", self.epoch + 1, self.epoch, self.run_dir)
+            if self.epoch == 0 and not (self.ckpt_dir / "last.pt").is_file():
+                log.error("interrupted in epoch 1, before the first checkpoint; start the run "
+                          "again to train it")
+            else:
+                log.error("interrupted in epoch %d; checkpoints/last.pt holds epoch %d. Continue "
+                          "with: python -m vae_train resume=%s", self.epoch + 1, self.epoch,
+                          self.run_dir)
             raise SystemExit(130) from None
 
     def _one_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
         train = self.train_epoch(epoch)
         if not math.isfinite(train["loss"]):
+            kept = (f"checkpoints keep epoch {self.epoch}" if self.epoch
+                    else "no checkpoint was written")
             raise UserError(
                 f"training diverged: the mean train loss of epoch {epoch} is {train['loss']} "
-                f"(recon {train.get('recon')}, kl {train.get('kl')}); checkpoints keep epoch "
-                f"{self.epoch}. Lower optimizer.lr or set trainer.grad_clip")
+                f"(recon {train.get('recon')}, kl {train.get('kl')}); {kept}. "
+                "Lower optimizer.lr or set trainer.grad_clip")
         val = self.evaluate(self.data.val)
         improved = val["loss"] < self.best_val
         if improved:
@@ -217,6 +228,7 @@ class Trainer:
             "train_images": self.train_images,
             "rng": rng,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "overrides": list(self.overrides),
         }
 
     def restore(self, path: Path) -> None:
@@ -224,6 +236,14 @@ class Trainer:
         state = checkpoint.load(path)
         checkpoint.load_model_state(self.model, state, path)
         self.objective.load_state_dict(state.get("objective", {}))
+        old_data = state.get("config", {}).get("dataset")
+        new_data = OmegaConf.to_container(self.cfg.dataset, resolve=True)
+        if old_data is not None and old_data != new_data:
+            changed = sorted(k for k in set(old_data) | set(new_data)
+                             if old_data.get(k) != new_data.get(k))
+            log.warning("resuming with other data settings than the checkpoint's (dataset.%s); "
+                        "best_val_loss was measured on the old validation split",
+                        ", dataset.".join(changed))
         if state.get("optimizer_target") != self.optimizer_target:
             raise UserError(f"checkpoint {path} was trained with {state.get('optimizer_target')}, "
                             f"this config asks for {self.optimizer_target}; resume with the "
