@@ -117,6 +117,10 @@ BAD = [
     (["device.precision=8"], "device.precision"),
     (["resume=does/not/exist"], "resume=does/not/exist"),
     (["model.latent_dimm=3"], "model.latent_dimm"),
+    (["loss=iwae", "+loss.beta=2"], "unexpected keyword argument 'beta'"),
+    (["loss=beta_vae", "loss.capacity=true", "loss.free_bits=1"], "free_bits does not combine"),
+    (["optimizer=adamw", "optimizer.betas=[0.9]"], "optimizer=torch.optim.AdamW cannot be built"),
+    (["optimizer.lr=inf"], "optimizer.lr"),
     (["dataset=mnist", "dataset.root=DATA", "dataset.download=false"], "MNIST not found"),
 ]
 if not torch.cuda.is_available():

@@ -121,6 +121,8 @@ def test_sample_is_seeded(runs, tmp_path, call):
     ("vae_train.evaluate", ["run=RUN", "k=0"], "k=0"),
     ("vae_train.evaluate", ["run=RUN", "kk=3"], "unknown option 'kk'"),
     ("vae_train.evaluate", ["run=RUN", "split=dev"], "split='dev'"),
+    ("vae_train.evaluate", ["run=RUN", "n=1"], "n=1"),
+    ("vae_train.evaluate", ["run=RUN", "dataset.root=/x"], "generated, not read"),
     ("vae_train.sample", ["run=RUN", "n=0"], "n=0"),
     ("vae_train.sample", ["run=RUN", "checkpoint=/no/such.pt"], "no checkpoint"),
 ])
@@ -135,3 +137,22 @@ def test_bad_argument_from_the_command_line(tmp_path):
     proc = run_module("vae_train.evaluate", ["k=5"], tmp_path, check=False)
     assert proc.returncode == 2 and "run=... is required" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_finds_the_data_from_anywhere(tmp_path, call, monkeypatch):
+    """Training resolved dataset.root=data against its working directory; evaluate, run from
+    elsewhere, still finds the data (and dataset.root= points at data that moved)."""
+    from conftest import write_mnist_like
+
+    work = tmp_path / "work"
+    write_mnist_like(work / "data" / "MNIST" / "raw", 400, 100)
+    run = work / "run"
+    run_cli(["dataset=mnist", "dataset.root=data", "dataset.download=false", "trainer.epochs=1",
+             "trainer.progress=false", "model.latent_dim=2", f"hydra.run.dir={run}"], work)
+    monkeypatch.chdir(tmp_path)
+    call("vae_train.evaluate", [f"run={run}", "k=5", "progress=false"])
+    assert json.loads((run / "eval.json").read_text())["n"] == 100
+    (work / "data").rename(tmp_path / "moved")
+    proc = call("vae_train.evaluate", [f"run={run}", "k=5"], check=False)
+    assert proc.returncode == 2 and "MNIST not found" in proc.stderr
+    call("vae_train.evaluate", [f"run={run}", "k=5", f"dataset.root={tmp_path / 'moved'}"])

@@ -161,6 +161,10 @@ def test_val_split_and_binarization():
     assert set(v1.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(v1, next(dyn.eval_batches(dyn.val, 50))[0])   # fixed for evaluation
 
+    tr = dyn.eval_split("train").x                          # for evaluation: binarized once
+    assert set(tr.unique().tolist()) <= {0, 255} and torch.equal(tr, dyn.eval_split("train").x)
+    assert dm.eval_split("train") is dm.train and dyn.eval_split("test") is dyn.test
+
     st = DataModule(data, torch.device("cpu"), "static", 0.2)
     s1, _ = st.train_batch(torch.arange(50))
     assert set(s1.unique().tolist()) <= {0.0, 1.0}

@@ -24,6 +24,7 @@ def make_trainer(overrides, tmp_path, amp_dtype=None):
 @pytest.mark.parametrize("model,loss", [
     ("vae", "elbo"), ("conv_vae", "elbo"), ("cvae", "elbo"), ("hvae", "elbo"),
     ("vae", "beta_vae"), ("vae", "iwae"), ("cvae", "iwae"), ("hvae", "iwae"),
+    ("conv_vae", "iwae"), ("conv_vae", "beta_vae"),
 ])
 def test_one_epoch_lowers_the_loss(model, loss, tmp_path):
     trainer = make_trainer([f"model={model}", f"loss={loss}"], tmp_path)
@@ -101,3 +102,29 @@ def test_capacity_and_warmup_continue_exactly_on_resume(tmp_path):
     assert 0 < full.history[0]["train_C"] < full.history[1]["train_C"] <= 8
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_traversals_and_interpolations_show_what_they_promise(tmp_path):
+    from torchvision.utils import make_grid
+
+    from vae_train.pictures import interpolations, traversals
+
+    trainer = make_trainer(["model=vae", "model.latent_dim=4"], tmp_path)
+    model = trainer.model.eval()
+    x, y = trainer.fig_x[:4], trainer.fig_y[:4]
+    grid = traversals(model, x[:1], y[:1], dims=[2, 0], steps=5, span=3.0)
+    c = model.code(x[:1])
+    rows = []
+    for d in (2, 0):                     # rows in the order given; only dimension d moves
+        codes = c.repeat(5, 1)
+        codes[:, d] = c[0, d] + torch.linspace(-3, 3, 5)
+        rows.append(torch.cat([x[:1], model.decode_code(codes)]))   # the image at the left
+    assert torch.allclose(grid, make_grid(torch.cat(rows), nrow=6, pad_value=0.5), atol=1e-6)
+
+    grid = interpolations(model, x, y, pairs=2, steps=4)
+    rows = []
+    for a, b in ((x[0:1], x[1:2]), (x[2:3], x[3:4])):
+        ca, cb = model.code(a), model.code(b)
+        line = torch.stack([ca[0] + t * (cb[0] - ca[0]) for t in torch.linspace(0, 1, 4)])
+        rows.append(torch.cat([a, model.decode_code(line), b]))
+    assert torch.allclose(grid, make_grid(torch.cat(rows), nrow=6, pad_value=0.5), atol=1e-5)

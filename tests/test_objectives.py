@@ -161,6 +161,12 @@ def test_warmup_and_capacity_schedules_are_functions_of_the_step():
     t = beta(model, x, step=250)
     assert t["C"] == 5.0 and t["gamma"] == 100.0 and t["warmup"] == 1.0
     assert torch.allclose(t["loss"], t["recon"] + 100.0 * (t["kl"] - 5.0).abs())
+    # evaluation: the capacity target of the current step, warm-up at its full value
+    torch.manual_seed(0)
+    ev = beta(model, x, step=5, train=False)
+    assert ev["C"] == 0.1 and ev["warmup"] == 1.0 and ev["kl_weight"] == 100.0
+    warm = ELBO(beta=2.0, warmup_steps=100)
+    assert warm.kl_weight(10) == 0.2 and warm.kl_weight(10, train=False) == 2.0
     torch.manual_seed(0)
     plain = BetaVAE()(model, x, step=3)
     assert torch.allclose(plain["loss"], plain["recon"] + 4.0 * plain["kl"])
@@ -184,3 +190,51 @@ def test_hvae_uses_both_layers():
     assert [t.shape for t in model.latent_means(x)] == [(7, 5), (7, 3)]
     assert model.sample(6, generator=torch.Generator().manual_seed(0)).shape == (6, 1, 8, 8)
     assert model.decode_code(model.code(x)).shape == x.shape
+
+
+def test_capacity_and_free_bits_together_are_refused():
+    from vae_train.errors import UserError
+
+    with pytest.raises(UserError, match="free_bits does not combine"):
+        BetaVAE(capacity=True, free_bits=0.5)
+
+
+def test_active_units_count_dimensions_the_encoder_uses(linear_gaussian):
+    """A latent dimension whose decoder column is zero has a posterior mean that never moves:
+    Cov_x(E_q[z_d]) = 0, so it is inactive; the other one is active."""
+    from vae_train.evaluate import evaluate
+
+    model, x = linear_gaussian
+    model.W = model.W.clone()
+    model.W[:, 1] = 0.0
+    model.post_cov = torch.linalg.inv(torch.eye(2) + model.W.T @ model.W / model.s ** 2)
+    res = evaluate(model, [(x[:150], None), (x[150:], None)], k=20, max_batch=10 ** 5,
+                   threshold=0.01, progress=False)
+    assert res["active_units"] == 1 and res["active_units_per_layer"] == [1]
+    assert res["kl_per_dim"][1] < 0.05 < res["kl_per_dim"][0]
+    assert res["n"] == 300 and res["nll"] < -res["elbo"]
+    exact = -model.exact_log_px(x).mean().item()
+    assert abs(res["nll"] - exact) < 0.2
+
+
+def test_hvae_log_densities_by_hand():
+    torch.manual_seed(0)
+    model = HVAE((1, 4, 4), latent_dim=3, latent_dim2=2, hidden_dims=[8], hidden_dims2=[5])
+    x = torch.rand(5, 1, 4, 4).round()
+    torch.manual_seed(7)
+    out = model.infer(x, k=2, analytic_kl=False)
+    torch.manual_seed(7)
+    q1 = model.encode(x)
+    z1 = q1.mu + torch.randn(2, 5, 3) * q1.std
+    q2 = model.q2(z1)
+    z2 = q2.mu + torch.randn(2, 5, 2) * q2.std
+    p1 = model.p1(z2)
+    normal = torch.distributions.Normal
+    log_q = normal(q1.mu, q1.std).log_prob(z1).sum(-1) + normal(q2.mu, q2.std).log_prob(z2).sum(-1)
+    log_p = normal(p1.mu, p1.std).log_prob(z1).sum(-1) + normal(0.0, 1.0).log_prob(z2).sum(-1)
+    logits = model.decoder(z1)
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(-1)
+    assert torch.allclose(out["log_qz"], log_q, atol=1e-5)
+    assert torch.allclose(out["log_pz"], log_p, atol=1e-5)
+    assert torch.allclose(out["log_px"], log_px, atol=1e-4)
+    assert torch.allclose(out["kl_dims"].sum(-1), log_q - log_p, atol=1e-5)

@@ -21,6 +21,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from vae_train.errors import UserError
 from vae_train.runs import command, load_run, parse_args, pick_split
 
 DEFAULTS = {
@@ -35,10 +36,11 @@ DEFAULTS = {
     "device": "auto",
     "seed": 0,
     "progress": True,
+    "dataset.root": None,  # where the data is now, if it moved since training
 }
 USAGE = ("usage: python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] "
          "[checkpoint=best] [n=N] [batch_size=100] [max_batch=16384] [threshold=0.01] "
-         "[device=auto] [seed=0] [progress=true]")
+         "[device=auto] [seed=0] [progress=true] [dataset.root=PATH]")
 
 
 @torch.no_grad()
@@ -122,13 +124,17 @@ def print_table(result: dict, file=None) -> None:
 @command
 def main(argv):
     args = parse_args(argv, DEFAULTS, USAGE)
-    if int(args.k) < 1:
-        from vae_train.errors import UserError
-        raise UserError(f"k={args.k} is invalid: it must be an integer >= 1")
-    run = load_run(args.run, args.checkpoint, args.device)
+    for key, low in (("k", 1), ("n", 2), ("batch_size", 1), ("max_batch", 1)):
+        value = args[key]
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise UserError(f"{key}={value} is invalid: it must be an integer >= {low}"
+                            + (" (active units need a variance over examples)" if key == "n" else ""))
+    run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
     split = pick_split(run, args.split)
     bs = int(args.batch_size)
     n = len(split) if args.n is None else min(int(args.n), len(split))
+    if n < 2:
+        raise UserError(f"split={args.split} has {n} example; evaluation needs at least 2")
     torch.manual_seed(int(args.seed))
 
     def batches():

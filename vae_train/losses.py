@@ -19,8 +19,9 @@ LOG_2PI = math.log(2 * math.pi)
 SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k"})
 
 
-def _sum_except_batch(t: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
-    return t.flatten(batch_dims).sum(-1)
+def _sum_pixels(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last three dims (C, H, W): (B, C, H, W) -> (B,), (k, B, C, H, W) -> (k, B)."""
+    return t.flatten(-3).sum(-1)
 
 
 class DiagGaussian:
@@ -94,6 +95,9 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = Bernoulli(sigmoid(logits)) per pixel, applied to grey levels in [0, 1].
 
+    ``log_prob(out, x)`` sums over (C, H, W); ``out`` may carry a leading sample dimension,
+    (k, B, C, H, W) against x of (B, C, H, W), without copying x.
+
     For grey levels this is the classic PyTorch example's summed binary cross-entropy; for
     binarized data it is the exact Bernoulli log-likelihood.
     """
@@ -101,7 +105,7 @@ class BernoulliLikelihood(nn.Module):
     name = "bernoulli"
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return -_sum_except_batch(bernoulli_nll(out.float(), x.float()))
+        return -_sum_pixels(bernoulli_nll(out.float(), x.float()))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out.float())
@@ -123,31 +127,31 @@ class GaussianLikelihood(nn.Module):
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         mean = self.squash(out.float())
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        log_sigma = self.log_sigma.clamp(min=math.log(1e-3)).view(shape)
+        log_sigma = self.log_sigma.clamp(min=math.log(1e-3)).view(-1, 1, 1)   # per channel
         ll = -0.5 * LOG_2PI - log_sigma - 0.5 * ((x - mean) * torch.exp(-log_sigma)) ** 2
-        return _sum_except_batch(ll)
+        return _sum_pixels(ll)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self.squash(out.float())
 
 
 class Objective(nn.Module):
-    """What every objective shares: the pixel likelihood it asks the model to use, and the
-    KL weight schedule (linear warm-up over ``warmup_steps`` to ``beta``).
+    """What every objective shares: the pixel likelihood it asks the model to use.
 
-    Schedules are pure functions of the global optimizer step, so they continue exactly on
-    resume and do not move during validation (``step=None`` means evaluation: full weight).
+    ``forward(model, x, y, step, train)`` returns a dict of named terms in nats per example.
+    ``step`` is the global optimizer step: every schedule is a pure function of it, so it
+    continues exactly on resume and does not move during validation. ``train=False`` is
+    evaluation (validation, test): weights that only ease optimisation (KL warm-up) are at
+    their full value, so validation losses compare across epochs; targets that define the
+    objective (the capacity C) take their value at ``step`` (at the end when it is None).
     """
 
     def __init__(self, likelihood: str = "bernoulli", sigma: float = 0.1,
-                 learn_sigma: bool = False, beta: float = 1.0, warmup_steps: int = 0):
+                 learn_sigma: bool = False):
         super().__init__()
         self.likelihood = likelihood
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)
-        self.beta = float(beta)
-        self.warmup_steps = int(warmup_steps)
 
     def make_likelihood(self, channels: int) -> nn.Module:
         if self.likelihood == "bernoulli":
@@ -156,16 +160,6 @@ class Objective(nn.Module):
             return GaussianLikelihood(self.sigma, self.learn_sigma, channels)
         raise UserError(f"loss.likelihood={self.likelihood!r} is not known; "
                         "use loss.likelihood=bernoulli or loss.likelihood=gaussian")
-
-    def warmup(self, step: int | None) -> float:
-        """The warm-up factor in [0, 1] at optimizer step ``step``."""
-        if step is None or self.warmup_steps <= 0:
-            return 1.0
-        return min(1.0, step / self.warmup_steps)
-
-    def kl_weight(self, step: int | None) -> float:
-        """The KL weight in force at optimizer step ``step`` (None: evaluation, full beta)."""
-        return self.beta * self.warmup(step)
 
 
 class ELBO(Objective):
@@ -183,9 +177,21 @@ class ELBO(Objective):
 
     def __init__(self, beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0,
                  analytic_kl: bool = True, **likelihood):
-        super().__init__(beta=beta, warmup_steps=warmup_steps, **likelihood)
+        super().__init__(**likelihood)
+        self.beta = float(beta)
+        self.warmup_steps = int(warmup_steps)
         self.free_bits = float(free_bits)
         self.analytic_kl = bool(analytic_kl)
+
+    def warmup(self, step: int | None, train: bool = True) -> float:
+        """The warm-up factor in [0, 1] at optimizer step ``step`` (1 in evaluation)."""
+        if not train or step is None or self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, step / self.warmup_steps)
+
+    def kl_weight(self, step: int | None, train: bool = True) -> float:
+        """The KL weight in force at optimizer step ``step``."""
+        return self.beta * self.warmup(step, train)
 
     def kl_terms(self, model, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(recon per example, KL per example, KL per dimension (B, D)) from one sample."""
@@ -195,19 +201,20 @@ class ELBO(Objective):
         kl = kl_dims.sum(-1) if self.analytic_kl else (out["log_qz"] - out["log_pz"])[0]
         return recon, kl, kl_dims
 
-    def penalty(self, kl: torch.Tensor, kl_dims: torch.Tensor, step) -> tuple[torch.Tensor, dict]:
+    def penalty(self, kl: torch.Tensor, kl_dims: torch.Tensor, step,
+                train: bool = True) -> tuple[torch.Tensor, dict]:
         """The KL part of the loss (a batch mean) and the schedule values to log."""
-        weight = self.kl_weight(step)
+        weight = self.kl_weight(step, train)
         kl_term = kl.mean()
         if self.free_bits > 0:
             kl_term = kl_dims.mean(0).clamp_min(self.free_bits).sum()
         return weight * kl_term, {"kl_weight": weight, "beta": self.beta,
-                                  "warmup": self.warmup(step)}
+                                  "warmup": self.warmup(step, train)}
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
-                step: int | None = None) -> dict[str, torch.Tensor]:
+                step: int | None = None, train: bool = True) -> dict[str, torch.Tensor]:
         recon, kl, kl_dims = self.kl_terms(model, x, y)
-        penalty, logged = self.penalty(kl, kl_dims, step)
+        penalty, logged = self.penalty(kl, kl_dims, step, train)
         terms = {
             "loss": recon.mean() + penalty,
             "recon": recon.mean(),
@@ -227,6 +234,9 @@ class BetaVAE(ELBO):
     def __init__(self, beta: float = 4.0, capacity: bool = False, gamma: float = 1000.0,
                  C_max: float = 25.0, C_stop_steps: int = 100000, **kw):
         super().__init__(beta=beta, **kw)
+        if capacity and self.free_bits > 0:
+            raise UserError("loss.free_bits does not combine with loss.capacity=true (the "
+                            "capacity target already keeps the KL up); set one of them")
         self.capacity = bool(capacity)
         self.gamma = float(gamma)
         self.C_max = float(C_max)
@@ -238,13 +248,13 @@ class BetaVAE(ELBO):
             return self.C_max
         return self.C_max * min(1.0, step / self.C_stop_steps)
 
-    def penalty(self, kl, kl_dims, step):
+    def penalty(self, kl, kl_dims, step, train: bool = True):
         if not self.capacity:
-            return super().penalty(kl, kl_dims, step)
+            return super().penalty(kl, kl_dims, step, train)
         c = self.C(step)
-        weight = self.gamma * self.warmup(step)
+        weight = self.gamma * self.warmup(step, train)
         return weight * (kl.mean() - c).abs(), {"kl_weight": weight, "C": c, "gamma": self.gamma,
-                                                "warmup": self.warmup(step)}
+                                                "warmup": self.warmup(step, train)}
 
 
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -268,7 +278,7 @@ class IWAE(Objective):
         self.k = int(k)
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
-                step: int | None = None) -> dict[str, torch.Tensor]:
+                step: int | None = None, train: bool = True) -> dict[str, torch.Tensor]:
         out = model.infer(x, y, k=self.k, analytic_kl=False)
         log_w = out["log_px"] + out["log_pz"] - out["log_qz"]
         bound = iwae_bound(log_w)

@@ -28,11 +28,13 @@ def parse_args(argv: list[str], defaults: dict, usage: str) -> DictConfig:
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise UserError(f"argument {bad[0]!r} is not key=value. {usage.splitlines()[0]}")
-    given = OmegaConf.from_dotlist(argv)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise UserError(f"unknown option {unknown[0]!r}; options: {', '.join(defaults)}")
-    args = OmegaConf.merge(OmegaConf.create(defaults), given)
+    given = {}
+    for a in argv:
+        key, raw = a.split("=", 1)
+        if key not in defaults:
+            raise UserError(f"unknown option {key!r}; options: {', '.join(defaults)}")
+        given[key] = OmegaConf.from_dotlist([f"v={raw}"]).v   # typed like Hydra's overrides
+    args = OmegaConf.create({**defaults, **given})
     for key in args:
         if OmegaConf.is_missing(args, key):
             raise UserError(f"{key}=... is required. {usage.splitlines()[0]}")
@@ -80,9 +82,11 @@ class LoadedRun:
         return int(self.state.get("step", 0))
 
 
-def load_run(run: str, which: str = "best", device: str = "auto") -> LoadedRun:
+def load_run(run: str, which: str = "best", device: str = "auto",
+             data_root: str | None = None) -> LoadedRun:
     """A trained run: its config, data (same splits), model with the chosen checkpoint's
-    weights (``best``, ``last`` or a path to a .pt file), on the chosen device."""
+    weights (``best``, ``last`` or a path to a .pt file), on the chosen device; ``data_root``
+    replaces the data set's root (data moved since training)."""
     from vae_train.train import build  # the same construction as training
 
     run_dir = Path(run).expanduser()
@@ -101,6 +105,10 @@ def load_run(run: str, which: str = "best", device: str = "auto") -> LoadedRun:
     # may have rewritten .hydra/config.yaml).
     cfg = OmegaConf.create(state["config"]) if "config" in state else \
         OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if data_root is not None:
+        if "root" not in cfg.dataset:
+            raise UserError(f"dataset.root= given, but {cfg.dataset.name} is generated, not read")
+        cfg.dataset.root = str(data_root)
     dev, _ = resolve_device(OmegaConf.create({"type": device, "precision": 32}))
     torch.manual_seed(int(cfg.get("seed", 0)))
     dm, objective, model = build(cfg, dev)
@@ -111,6 +119,8 @@ def load_run(run: str, which: str = "best", device: str = "auto") -> LoadedRun:
 
 
 def pick_split(run: LoadedRun, split: str):
+    """A split as evaluation sees it: for dynamically binarized data the training images are
+    binarized once (fixed seed), like validation and test, so the likelihood is of 0/1 pixels."""
     if split not in ("test", "val", "train"):
         raise UserError(f"split={split!r} is not known; use split=test, val or train")
-    return getattr(run.data, split)
+    return run.data.eval_split(split)

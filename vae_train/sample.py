@@ -39,10 +39,11 @@ DEFAULTS = {
     "interp_steps": 10,  # interpolation columns between the two images
     "out": None,         # folder for the PNGs (default: <run dir>/samples)
     "device": "auto",
+    "dataset.root": None,  # where the data is now, if it moved since training
 }
 USAGE = ("usage: python -m vae_train.sample run=<run dir> [n=64] [seed=0] [checkpoint=best] "
          "[dims=10] [steps=9] [span=3.0] [image=0] [pairs=8] [interp_steps=10] [out=DIR] "
-         "[device=auto]")
+         "[device=auto] [dataset.root=PATH]")
 
 
 @torch.no_grad()
@@ -57,7 +58,7 @@ def main(argv):
     for key in ("n", "dims", "steps", "pairs", "interp_steps"):
         if int(args[key]) < 1:
             raise UserError(f"{key}={args[key]} is invalid: it must be a positive integer")
-    run = load_run(args.run, args.checkpoint, args.device)
+    run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
     model, test = run.model, run.data.test
     need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)
     if need > len(test):

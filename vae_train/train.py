@@ -16,7 +16,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
@@ -153,26 +153,38 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _instantiate(node, group: str, **kwargs):
+    """Build a config node's object; a wrong or foreign key becomes one line naming it."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:  # hydra wraps constructor errors
+        cause = e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError):
+            first = str(cause).splitlines()[0]
+            raise UserError(f"{group}={node.get('_target_', '?').rsplit('.', 1)[-1]}: {first} "
+                            f"(see README for the {group} options)") from None
+        raise
+
+
 def build(cfg: DictConfig, device: torch.device):
     """Data, objective and model for a config (shapes and class counts from the data)."""
     data = load_image_data(cfg.dataset)
     dm = DataModule(data, device, cfg.dataset.binarize, cfg.dataset.val_size,
                     cfg.dataset.split_seed, cfg.dataset.binarize_seed)
-    objective = instantiate(cfg.loss)
+    objective = _instantiate(cfg.loss, "loss")
     likelihood = objective.make_likelihood(dm.shape[0])
-    try:
-        model = instantiate(cfg.model, input_shape=dm.shape, num_classes=dm.num_classes,
-                            likelihood=likelihood)
-    except Exception as e:  # hydra wraps constructor errors; surface ours as they are
-        cause = e.__cause__ or e
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise
+    model = _instantiate(cfg.model, "model", input_shape=dm.shape, num_classes=dm.num_classes,
+                         likelihood=likelihood)
     return dm, objective.to(device), model.to(device)
 
 
 def run(cfg: DictConfig) -> float:
     validate(cfg)
+    if "root" in cfg.dataset:  # saved with the checkpoint: evaluate/sample work from anywhere
+        with open_dict(cfg):
+            cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device, amp_dtype = resolve_device(cfg.device)
     torch.manual_seed(int(cfg.seed))

@@ -146,7 +146,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         for x, y in self.data.eval_batches(split, int(self.t.eval_batch_size)):
             with self.autocast():
-                terms = self.objective(self.model, x, y, step=None)
+                terms = self.objective(self.model, x, y, step=self.step, train=False)
             for k, v in terms.items():
                 sums[k] += v.detach().float() * len(x)
         return {k: (v / len(split)).item() for k, v in sums.items()}

@@ -61,6 +61,16 @@ class DataModule:
         self.val = Split(val_x.to(device), data.train_y[perm[:n_val]].to(device))
         self.test = Split(test_x.to(device), data.test_y.to(device))
         self.device = device
+        self.binarize_seed = binarize_seed
+
+    def eval_split(self, name: str) -> Split:
+        """``train``, ``val`` or ``test`` for evaluation: binary pixels wherever the run was
+        binarized (dynamic runs' training images get one fixed binarization)."""
+        split = getattr(self, name)
+        if name == "train" and self.binarize == "dynamic":
+            x = _binarize_once(split.x.cpu(), self.binarize_seed + 3).to(self.device)
+            return Split(x, split.y)
+        return split
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.train.x[idx].float().div_(255)

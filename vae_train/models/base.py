@@ -77,7 +77,7 @@ class GaussianVAE(nn.Module):
         q = self.encode(x, y)
         z = q.rsample(k)                                           # (k, B, D)
         out = self.decode(z.flatten(0, 1), repeat_batch(self._y(y), k))
-        log_px = self.likelihood.log_prob(out, repeat_batch(x, k)).view(k, -1)
+        log_px = self.likelihood.log_prob(out.view(k, -1, *self.input_shape), x)
         log_pz_dims = standard_normal_log_prob_dims(z)
         log_qz_dims = q.log_prob_dims(z)
         if analytic_kl:

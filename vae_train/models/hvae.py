@@ -16,7 +16,7 @@ import math
 import torch
 
 from vae_train.losses import DiagGaussian, standard_normal_log_prob_dims
-from vae_train.models.base import GaussianVAE, repeat_batch
+from vae_train.models.base import GaussianVAE
 from vae_train.nets import mlp
 
 
@@ -57,7 +57,7 @@ class HVAE(GaussianVAE):
         z2 = q2.rsample()                                   # (k, B, L2)
         p1 = self.p1(z2)
         out = self.decode(z1.flatten(0, 1))
-        log_px = self.likelihood.log_prob(out, repeat_batch(x, k)).view(k, -1)
+        log_px = self.likelihood.log_prob(out.view(k, -1, *self.input_shape), x)
         lq1, lq2 = q1.log_prob_dims(z1), q2.log_prob_dims(z2)
         lp1, lp2 = p1.log_prob_dims(z1), standard_normal_log_prob_dims(z2)
         # log q(z1|x) - log p(z1|z2) has no closed form (z2 is sampled); the top layer's KL
@@ -67,7 +67,8 @@ class HVAE(GaussianVAE):
                 "log_qz": lq1.sum(-1) + lq2.sum(-1), "kl_dims": torch.cat([lq1 - lp1, kl2], -1),
                 "x_out": out}
 
-    def latent_means(self, x, y=None, samples: int = 8) -> list:
+    def latent_means(self, x, y=None, samples: int = 32) -> list:
+        """E_q[z1] exactly; E_q[z2] = E_q(z1|x)[mean of q(z2|z1)] from ``samples`` draws of z1."""
         q1 = self.encode(x)
         return [q1.mu, self.q2(q1.rsample(samples)).mu.mean(0)]
 
