@@ -57,10 +57,12 @@ def find_run(path: str) -> tuple[Path | None, Path]:
         raise UserError(f"resume={path}: no such file or directory; give a run directory "
                         "(outputs/<date>/<time>) or a checkpoint file")
     ckpt = p / "checkpoints" / "last.pt" if p.is_dir() else p
+    if p.is_dir() and not (p / ".hydra").is_dir() and not ckpt.is_file():
+        raise UserError(f"resume={path}: not inside a vae-train run directory (no .hydra/ and "
+                        "no checkpoints/last.pt)")
     if not ckpt.is_file():
         raise UserError(f"resume={path}: {ckpt} does not exist (the run stopped before its first "
-                        "epoch ended, or this is not a run directory); start it again without "
-                        "resume=")
+                        "epoch ended); start it again without resume=")
     run_dir = next((d for d in [ckpt.parent, *ckpt.parents] if (d / ".hydra").is_dir()), None)
     return (run_dir.resolve() if run_dir else None), ckpt.resolve()
 
