@@ -148,8 +148,15 @@ def main(argv):
     result.update(split=args.split, seconds=time.perf_counter() - start,
                   checkpoint=str(args.checkpoint), epoch=run.state.get("epoch"),
                   conditional=bool(run.model.conditional))
+    notes = []
     if run.model.conditional:
-        result["note"] = "conditional model: nll estimates -log p(x | y)"
+        notes.append("conditional model: nll estimates -log p(x | y)")
+    if run.cfg.loss.get("likelihood") == "bernoulli" and run.cfg.dataset.binarize == "none":
+        notes.append("Bernoulli likelihood of grey levels (dataset.binarize=none) is not a "
+                     "normalised density: compare this nll with the classic example's loss, not "
+                     "with papers (train with dataset.binarize=dynamic for that)")
+    if notes:
+        result["note"] = "; ".join(notes)
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
     from vae_train.train import write_json
 
@@ -161,6 +168,8 @@ def main(argv):
                                       "active_units": result["active_units"]}, run.step)
     tb.close()
     print_table(result)
+    for note in notes:
+        print(f"  note: {note}")
     print(f"wrote {run.run_dir / name}", file=sys.stderr)
     return result
 
