@@ -213,3 +213,17 @@ def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
     with pytest.raises(UserError, match="not a vae-train checkpoint"):
         checkpoint.load(tmp_path / "foreign.pt")
+
+
+def test_a_failed_sweep_job_does_not_lose_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "model.latent_dim=0,2", "loss.beta=1,-1", *TINY, "trainer.epochs=1",
+                    f"hydra.sweep.dir={sweep}"], tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "3 sweep job(s) failed" in proc.stderr and "Traceback" not in proc.stderr
+    done = [p.parent.name for p in sweep.glob("*/metrics.json")]
+    failed = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/failed.json")}
+    assert done == ["2_loss.beta=1,model.latent_dim=2"]
+    assert len(failed) == 3
+    assert "model.latent_dim=0 is invalid" in failed["0_loss.beta=1,model.latent_dim=0"]["error"]
+    assert "loss.beta=-1" in failed["3_loss.beta=-1,model.latent_dim=2"]["error"]

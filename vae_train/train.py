@@ -233,13 +233,43 @@ def run(cfg: DictConfig) -> float:
     return float(metrics["test_loss"])
 
 
+# Sweep jobs that failed in this process: (run directory, reason).
+_FAILED: list[tuple[str, str]] = []
+
+
+def _record_failure(exc: BaseException) -> float:
+    """In a sweep, one failed job must not lose the others: write ``failed.json`` with the
+    reason into its run directory, remember it, and let the sweep go on."""
+    import traceback
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    record = {"status": "failed", "error": reason, "overrides": list(hc.overrides.task)}
+    if not isinstance(exc, UserError):
+        record["traceback"] = traceback.format_exc()
+    write_json(run_dir / "failed.json", record)
+    _FAILED.append((str(run_dir), reason.splitlines()[0] if reason else type(exc).__name__))
+    log.error("error: %s (recorded in %s; the sweep goes on)", reason, run_dir / "failed.json")
+    return math.nan
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.types import RunMode
+
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
     except UserError as e:
+        if sweeping:
+            return _record_failure(e)
         log.error("error: %s", e)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - a crash in one sweep job (out of memory, ...)
+        if sweeping:
+            return _record_failure(e)
+        raise
 
 
 def main() -> None:
@@ -262,6 +292,12 @@ def main() -> None:
             for f, data in saved.items():
                 f.write_bytes(data)
         raise
+    if _FAILED:
+        print(f"error: {len(_FAILED)} sweep job(s) failed (each has a failed.json with the "
+              "reason; the others finished):", file=sys.stderr)
+        for run_dir, reason in _FAILED:
+            print(f"  {run_dir}: {reason}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
