@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import compose_cfg, write_mnist_like
 from vae_train.config import resolve_device, validate

@@ -1,6 +1,5 @@
 """The real parsers on small files the tests write, the generated set, splits, binarization."""
 
-import gzip
 
 import numpy as np
 import pytest

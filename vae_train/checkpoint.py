@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import zipfile
@@ -10,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from vae_train.errors import UserError
+from vae_train.errors import UserError, first_line
+from vae_train.files import atomic_write
 
 FORMAT = "vae-train-checkpoint/1"
 
@@ -18,14 +18,7 @@ FORMAT = "vae-train-checkpoint/1"
 def save_atomic(state: dict, path: str | Path) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename over it, so a
     crash leaves either the old checkpoint or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load(path: str | Path) -> dict:
@@ -42,8 +35,7 @@ def load(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and "
                         f"containers, so loading it could run code ({what})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is truncated or corrupt: {first}") from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt: {first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a vae-train checkpoint (no '{FORMAT}' marker)")
     return state

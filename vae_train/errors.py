@@ -1,6 +1,14 @@
 """The one exception type that reaches the user as a single line, not a traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception (or of the one it wraps, as Hydra's
+    instantiate does), for one-line error messages."""
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
+
+
 class UserError(Exception):
     """Bad configuration, missing data, unusable device or checkpoint.
 

@@ -13,7 +13,6 @@ is the importance-weighted bound with k samples; it approaches log p(x) from bel
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -21,7 +20,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from vae_train.data import Split
 from vae_train.errors import UserError
+from vae_train.files import write_json
 from vae_train.runs import command, load_run, parse_args, pick_split
 
 DEFAULTS = {
@@ -137,13 +138,9 @@ def main(argv):
         raise UserError(f"split={args.split} has {n} example; evaluation needs at least 2")
     torch.manual_seed(int(args.seed))
 
-    def batches():
-        for a in range(0, n, bs):
-            b = min(n, a + bs)
-            yield split.x[a:b].float().div(255), split.y[a:b]
-
+    batches = run.data.eval_batches(Split(split.x[:n], split.y[:n]), bs)
     start = time.perf_counter()
-    result = evaluate(run.model, batches(), int(args.k), int(args.max_batch),
+    result = evaluate(run.model, batches, int(args.k), int(args.max_batch),
                       float(args.threshold), total=math.ceil(n / bs), progress=bool(args.progress))
     result.update(split=args.split, seconds=time.perf_counter() - start,
                   checkpoint=str(args.checkpoint), epoch=run.state.get("epoch"),
@@ -158,8 +155,6 @@ def main(argv):
     if notes:
         result["note"] = "; ".join(notes)
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
-    from vae_train.train import write_json
-
     write_json(run.run_dir / name, result)
     from vae_train.logging import TBLogger
 

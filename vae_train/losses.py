@@ -44,10 +44,10 @@ class DiagGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def rsample(self, k: int | None = None, generator: torch.Generator | None = None):
+    def rsample(self, k: int | None = None):
         """One sample per distribution (``k=None``), or ``k`` stacked in a new first dim."""
         shape = self.mu.shape if k is None else (k, *self.mu.shape)
-        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype, generator=generator)
+        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + eps * self.std
 
     def log_prob_dims(self, z: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
 from vae_train.errors import UserError
+from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.losses import SCHEDULE_TERMS
 from vae_train.pictures import figures, save_figures
@@ -137,24 +136,6 @@ def hparams_of(cfg: DictConfig) -> dict:
     return out
 
 
-def _finite_or_none(obj):
-    """Strict JSON: NaN and infinities (an untrained run's best_val_loss, ...) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _instantiate(node, group: str, **kwargs):
     """Build a config node's object; a wrong or foreign key becomes one line naming it."""
     try:
@@ -164,9 +145,9 @@ def _instantiate(node, group: str, **kwargs):
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, TypeError):
-            first = str(cause).splitlines()[0]
-            raise UserError(f"{group}={node.get('_target_', '?').rsplit('.', 1)[-1]}: {first} "
-                            f"(see README for the {group} options)") from None
+            raise UserError(f"{group}={node.get('_target_', '?').rsplit('.', 1)[-1]}: "
+                            f"{str(cause).splitlines()[0]} (see README for the {group} options)"
+                            ) from None
         raise
 
 

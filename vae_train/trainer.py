@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from vae_train import checkpoint
 from vae_train.data import DataModule, Split
-from vae_train.errors import UserError
+from vae_train.errors import UserError, first_line
+from vae_train.files import atomic_copy
 from vae_train.logging import TBLogger
 from vae_train.pictures import figures
 
@@ -65,10 +66,8 @@ class Trainer:
         try:
             self.optimizer = instantiate(opt_cfg)(params)
         except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
-            cause = e.__cause__ or e
-            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
             raise UserError(f"optimizer={opt_cfg['_target_']} cannot be built from these "
-                            f"settings: {type(cause).__name__}: {first}") from None
+                            f"settings: {first_line(e)}") from None
         self.lr_factor = lr_factor_fn(sched_cfg, self.steps_per_epoch,
                                       self.steps_per_epoch * int(self.t.epochs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -196,10 +195,9 @@ class Trainer:
             self.tb.images(figures(self.model, self.fig_x, self.fig_y, len(self.fig_x)), self.step)
         self.epoch = epoch
         self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
-        state = self.state_dict()
-        checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
-        if improved:
-            checkpoint.save_atomic(state, self.ckpt_dir / "best.pt")
+        checkpoint.save_atomic(self.state_dict(), self.ckpt_dir / "last.pt")
+        if improved:  # the same bytes: copy the file rather than serialise the state again
+            atomic_copy(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
         log.info("epoch %d/%d  train %.2f  val %.2f (recon %.2f, kl %.2f)  %.0f img/s  %.1fs%s",
                  epoch, self.t.epochs, train["loss"], val["loss"], val.get("recon", math.nan),
                  val.get("kl", math.nan), train["images_per_sec"], train["seconds"],

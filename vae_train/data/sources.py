@@ -19,7 +19,7 @@ from vae_train.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_cifar10
 from vae_train.data.idx import read_idx
 from vae_train.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vae_train.data.synthetic import make_synthetic
-from vae_train.errors import UserError
+from vae_train.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _download(tv_class: str, root: Path) -> str | None:
         for train in (True, False):
             getattr(tvd, tv_class)(str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - any failure becomes one line for the user
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        return first_line(e)
     return None
 
 
