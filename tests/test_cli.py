@@ -29,7 +29,7 @@ def test_a_run_writes_everything_a_user_needs(tmp_path):
     assert "epoch 2/2" in (run / "train.log").read_text()
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
-        assert state["epoch"] >= 1 and "optimizer" in state and "rng" in state
+        assert state["epoch"] >= 1 and "main" in state["optimizers"] and "rng" in state
     assert not list(run.glob("checkpoints/.*tmp"))    # no temporary files left behind
 
     m = json.loads((run / "metrics.json").read_text())

@@ -1,46 +1,11 @@
 """``evaluate`` and ``sample`` on small trained runs, through their real command lines."""
 
-import importlib
 import json
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
-from conftest import TINY, run_cli
-
-
-def run_module(module, args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-class Result:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err
-
-
-@pytest.fixture
-def call(capsys):
-    """Run a command's main() in this process (no interpreter start-up), like the CLI."""
-
-    def _call(module, args, cwd=None, check=True):
-        main = importlib.import_module(module).main
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        if check and code != 0:
-            raise AssertionError(f"exit {code}\n{captured.out}\n{captured.err}")
-        return Result(code, captured.out, captured.err)
-
-    return _call
+from conftest import TINY, run_cli, run_module
 
 
 @pytest.fixture(scope="module")

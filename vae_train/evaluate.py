@@ -67,12 +67,23 @@ def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
 @torch.no_grad()
 def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: int | None = None,
              progress: bool = True) -> dict:
-    """NLL, ELBO, active units and KL per dimension over an iterable of (x, y) batches."""
+    """Over an iterable of (x, y) batches: for models with ``infer`` (a likelihood bound) the
+    NLL, ELBO, active units and KL per dimension; for models with ``evaluate_batch`` (sums of
+    per-example numbers) and ``evaluate_summary`` their own metrics, too."""
+    has_nll = hasattr(model, "infer")
     sums = {"ll": 0.0, "elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    extra: dict[str, torch.Tensor] = {}
     kl_dims, means, n = None, None, 0
     y_of = (lambda y: y) if model.conditional else (lambda y: None)
-    for x, y in tqdm(batches, total=total, desc=f"evaluate k={k}", unit="batch", leave=False,
+    desc = f"evaluate k={k}" if has_nll else "evaluate"
+    for x, y in tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
                      disable=None if progress else True):
+        if hasattr(model, "evaluate_batch"):
+            for name, v in model.evaluate_batch(x, y).items():
+                extra[name] = extra[name] + v.double() if name in extra else v.double()
+        n += len(x)
+        if not has_nll:
+            continue
         y = y_of(y)
         ll = log_likelihood(model, x, y, k, max_batch)
         one = model.infer(x, y, k=1, analytic_kl=True)
@@ -86,37 +97,49 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
         layer_means = [m.float().cpu() for m in model.latent_means(x, y)]
         means = [[m] for m in layer_means] if means is None else \
             [acc + [m] for acc, m in zip(means, layer_means)]
-        n += len(x)
-    means = [torch.cat(m) for m in means]
-    units = active_units(means, threshold)
-    return {
-        "nll": -sums["ll"] / n,
-        "elbo": sums["elbo"] / n,
-        "recon": sums["recon"] / n,
-        "kl": sums["kl"] / n,
-        "k": k,
-        "n": n,
-        "active_units": sum(units),
-        "active_units_per_layer": units,
-        "latent_dims_per_layer": [m.shape[1] for m in means],
-        "kl_per_dim": [round(v, 5) for v in (kl_dims / n).tolist()],
-    }
+    result: dict = {"n": n}
+    if has_nll:
+        means = [torch.cat(m) for m in means]
+        units = active_units(means, threshold)
+        result.update({
+            "nll": -sums["ll"] / n,
+            "elbo": sums["elbo"] / n,
+            "recon": sums["recon"] / n,
+            "kl": sums["kl"] / n,
+            "k": k,
+            "active_units": sum(units),
+            "active_units_per_layer": units,
+            "latent_dims_per_layer": [m.shape[1] for m in means],
+            "kl_per_dim": [round(v, 5) for v in (kl_dims / n).tolist()],
+        })
+    if hasattr(model, "evaluate_summary"):
+        own = model.evaluate_summary(extra, n)
+        result.update(own)
+        result["model_metrics"] = list(own)
+    return result
 
 
 def print_table(result: dict, file=None) -> None:
     file = file or sys.stdout
-    layers = result["latent_dims_per_layer"]
-    au = " + ".join(f"{a}/{d}" for a, d in zip(result["active_units_per_layer"], layers))
-    kl = sorted(result["kl_per_dim"], reverse=True)
-    rows = [
-        ("examples", f"{result['n']} ({result['split']})"),
-        (f"NLL (k={result['k']})", f"{result['nll']:.2f} nats"),
-        ("-ELBO", f"{-result['elbo']:.2f} nats  (recon {result['recon']:.2f}, kl {result['kl']:.2f})"),
-        ("gap (-ELBO - NLL)", f"{-result['elbo'] - result['nll']:.2f} nats"),
-        ("active units", au),
-        ("largest KL per dim", ", ".join(f"{v:.2f}" for v in kl[:8]) + (" ..." if len(kl) > 8 else "")),
-        ("time", f"{result['seconds']:.1f} s"),
-    ]
+    rows = [("examples", f"{result['n']} ({result['split']})")]
+    if "nll" in result:
+        layers = result["latent_dims_per_layer"]
+        au = " + ".join(f"{a}/{d}" for a, d in zip(result["active_units_per_layer"], layers))
+        kl = sorted(result["kl_per_dim"], reverse=True)
+        rows += [
+            (f"NLL (k={result['k']})", f"{result['nll']:.2f} nats"),
+            ("-ELBO", f"{-result['elbo']:.2f} nats  (recon {result['recon']:.2f}, "
+                      f"kl {result['kl']:.2f})"),
+            ("gap (-ELBO - NLL)", f"{-result['elbo'] - result['nll']:.2f} nats"),
+            ("active units", au),
+            ("largest KL per dim",
+             ", ".join(f"{v:.2f}" for v in kl[:8]) + (" ..." if len(kl) > 8 else "")),
+        ]
+    for name in result.get("model_metrics", []):
+        value = result[name]
+        rows.append((name.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
+                     else str(value)))
+    rows.append(("time", f"{result['seconds']:.1f} s"))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}", file=file)
@@ -159,8 +182,12 @@ def main(argv):
     from vae_train.logging import TBLogger
 
     tb = TBLogger(run.run_dir)
-    tb.scalars(f"eval_{args.split}", {f"nll_k{args.k}": result["nll"], "elbo": result["elbo"],
-                                      "active_units": result["active_units"]}, run.step)
+    scalars = {name: result[name] for name in result.get("model_metrics", [])
+               if isinstance(result[name], (int, float))}
+    if "nll" in result:
+        scalars.update({f"nll_k{args.k}": result["nll"], "elbo": result["elbo"],
+                        "active_units": result["active_units"]})
+    tb.scalars(f"eval_{args.split}", scalars, run.step)
     tb.close()
     print_table(result)
     for note in notes:

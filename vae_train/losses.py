@@ -146,12 +146,30 @@ class Objective(nn.Module):
     objective (the capacity C) take their value at ``step`` (at the end when it is None).
     """
 
+    # The trainer steps one optimizer per named parameter group, in the order of ``phases``;
+    # a multi-phase objective takes ``phase=<name>`` and returns that phase's loss.
+    phases: tuple = ("main",)
+
     def __init__(self, likelihood: str = "bernoulli", sigma: float = 0.1,
                  learn_sigma: bool = False):
         super().__init__()
         self.likelihood = likelihood
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)
+
+    def parameter_groups(self, model: nn.Module) -> dict:
+        """name -> parameters, one optimizer each."""
+        return {"main": [*model.parameters(), *self.parameters()]}
+
+    def bind(self, model: nn.Module, data) -> None:
+        """Called once the model and data exist (objectives that need either override it)."""
+
+    def stages(self, epochs: int) -> list:
+        """(name, epochs, phases) of each training stage, run in order."""
+        return [("train", epochs, self.phases)]
+
+    def set_stage(self, name: str) -> None:
+        """The trainer says which stage runs (validation and test losses follow it)."""
 
     def make_likelihood(self, channels: int) -> nn.Module:
         if self.likelihood == "bernoulli":
@@ -160,6 +178,38 @@ class Objective(nn.Module):
             return GaussianLikelihood(self.sigma, self.learn_sigma, channels)
         raise UserError(f"loss.likelihood={self.likelihood!r} is not known; "
                         "use loss.likelihood=bernoulli or loss.likelihood=gaussian")
+
+
+class ModelObjective(Objective):
+    """For models that define their own objective (VQ-VAE, adversarial AE, M2): the loss is
+    ``model.loss_terms(x, y, step=, train=, phase=)``, the phases and parameter groups are
+    the model's. Built by ``train.build`` in place of the ``loss`` group's objective."""
+
+    def __init__(self, model: nn.Module, **likelihood):
+        super().__init__(**likelihood)
+        self.phases = tuple(getattr(model, "phases", ("main",)))
+        self._model_ref = [model]  # a list: not registered as a submodule (no double state)
+
+    def parameter_groups(self, model):
+        if hasattr(model, "parameter_groups"):
+            return model.parameter_groups()
+        return super().parameter_groups(model)
+
+    def bind(self, model, data) -> None:
+        if hasattr(model, "bind"):
+            model.bind(data)
+
+    def stages(self, epochs: int) -> list:
+        if hasattr(self._model_ref[0], "stages"):
+            return self._model_ref[0].stages(epochs)
+        return super().stages(epochs)
+
+    def set_stage(self, name: str) -> None:
+        self._model_ref[0].stage = name
+
+    def forward(self, model, x, y=None, step=None, train=True, phase=None):
+        """``phase=None`` is evaluation: every term, ``loss`` being the stage's headline."""
+        return model.loss_terms(x, y, step=step, train=train, phase=phase)
 
 
 class ELBO(Objective):
@@ -193,9 +243,10 @@ class ELBO(Objective):
         """The KL weight in force at optimizer step ``step``."""
         return self.beta * self.warmup(step, train)
 
-    def kl_terms(self, model, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def kl_terms(self, model, x, y, step=None) -> tuple[torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
         """(recon per example, KL per example, KL per dimension (B, D)) from one sample."""
-        out = model.infer(x, y, k=1, analytic_kl=self.analytic_kl)
+        out = model.infer(x, y, k=1, analytic_kl=self.analytic_kl, step=step)
         recon = -out["log_px"][0]
         kl_dims = out["kl_dims"][0]
         kl = kl_dims.sum(-1) if self.analytic_kl else (out["log_qz"] - out["log_pz"])[0]
@@ -212,8 +263,9 @@ class ELBO(Objective):
                                   "warmup": self.warmup(step, train)}
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
-                step: int | None = None, train: bool = True) -> dict[str, torch.Tensor]:
-        recon, kl, kl_dims = self.kl_terms(model, x, y)
+                step: int | None = None, train: bool = True, phase: str | None = None
+                ) -> dict[str, torch.Tensor]:
+        recon, kl, kl_dims = self.kl_terms(model, x, y, step)
         penalty, logged = self.penalty(kl, kl_dims, step, train)
         terms = {
             "loss": recon.mean() + penalty,
@@ -278,7 +330,8 @@ class IWAE(Objective):
         self.k = int(k)
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
-                step: int | None = None, train: bool = True) -> dict[str, torch.Tensor]:
+                step: int | None = None, train: bool = True, phase: str | None = None
+                ) -> dict[str, torch.Tensor]:
         out = model.infer(x, y, k=self.k, analytic_kl=False)
         log_w = out["log_px"] + out["log_pz"] - out["log_qz"]
         bound = iwae_bound(log_w)

@@ -95,18 +95,28 @@ def interpolations(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
     return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 2, pad_value=0.5)
 
 
-def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
-    """The grids for this model: name -> (3, H, W) float image in [0, 1]."""
-    was_training = model.training
-    model.eval()
+def default_figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
+    """Reconstructions, prior samples, the class grid (conditional) and the manifold (2-D)."""
     out = {"reconstructions": reconstruction_grid(model, x[:n], y[:n]),
            "samples": prior_samples(model, n, seed)}
     if model.conditional:
         out["class_samples"] = class_grid(model, seed=seed)
     if model.code_dim == 2:
         out["manifold"] = manifold(model)
-    model.train(was_training)
     return out
+
+
+def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
+    """The grids for this model: name -> (3, H, W) float image in [0, 1]. A model with its own
+    pictures (sequence plots, a discrete code) defines ``figures(x, y, n, seed)``."""
+    was_training = model.training
+    model.eval()
+    try:
+        if hasattr(model, "figures"):
+            return model.figures(x[:n], y[:n], n, seed)
+        return default_figures(model, x, y, n, seed)
+    finally:
+        model.train(was_training)
 
 
 def save_figures(figs: dict, folder) -> list:

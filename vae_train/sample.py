@@ -52,22 +52,10 @@ def code_kl(model, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return model.infer(x, y, k=1, analytic_kl=True)["kl_dims"][0][:, model.code_kl_slice].mean(0)
 
 
-@command
-def main(argv):
-    args = parse_args(argv, DEFAULTS, USAGE)
-    for key in ("n", "dims", "steps", "pairs", "interp_steps"):
-        if int(args[key]) < 1:
-            raise UserError(f"{key}={args[key]} is invalid: it must be a positive integer")
-    run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
-    model, test = run.model, run.data.test
-    need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)
-    if need > len(test):
-        raise UserError(f"the test split has {len(test)} images; these options need {need}")
-    x, y = test.x[:max(need, 1000)].float().div(255), test.y[:max(need, 1000)]
-    yc = y if model.conditional else None
-    torch.manual_seed(int(args.seed))
-
-    kl = code_kl(model, x, yc).cpu()
+def default_sample_figures(model, x, y, args) -> dict:
+    """Samples, reconstructions, traversals of the most-used code dimensions, interpolations,
+    and the class grid / manifold where they apply."""
+    kl = code_kl(model, x, y if model.conditional else None).cpu()
     order = torch.argsort(kl, descending=True)[:int(args.dims)].tolist()
     i = int(args.image)
     figs = {
@@ -81,14 +69,35 @@ def main(argv):
         figs["class_samples"] = class_grid(model, seed=int(args.seed))
     if model.code_dim == 2:
         figs["manifold"] = manifold(model)
+    print("traversed code dimensions (mean KL, nats): "
+          + ", ".join(f"{d} ({kl[d]:.2f})" for d in order), file=sys.stderr)
+    return figs
+
+
+@command
+def main(argv):
+    args = parse_args(argv, DEFAULTS, USAGE)
+    for key in ("n", "dims", "steps", "pairs", "interp_steps"):
+        if int(args[key]) < 1:
+            raise UserError(f"{key}={args[key]} is invalid: it must be a positive integer")
+    run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
+    model, test = run.model, run.data.test
+    need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)
+    if need > len(test):
+        raise UserError(f"the test split has {len(test)} images; these options need {need}")
+    x, y = test.floats(max(need, 1000)), test.y[:max(need, 1000)]
+    torch.manual_seed(int(args.seed))
+
+    if hasattr(model, "sample_figures"):  # a model with its own pictures
+        figs = model.sample_figures(x, y, args)
+    else:
+        figs = default_sample_figures(model, x, y, args)
     out = Path(args.out) if args.out else run.run_dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     paths = save_figures(figs, out)
     tb = TBLogger(run.run_dir)
     tb.images(figs, run.step, prefix="sample")
     tb.close()
-    print("traversed code dimensions (mean KL, nats): "
-          + ", ".join(f"{d} ({kl[d]:.2f})" for d in order), file=sys.stderr)
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     return paths

@@ -21,7 +21,7 @@ from vae_train.data import DataModule, load_image_data
 from vae_train.errors import UserError
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
-from vae_train.losses import SCHEDULE_TERMS
+from vae_train.losses import ELBO, SCHEDULE_TERMS, BetaVAE, ModelObjective
 from vae_train.pictures import figures, save_figures
 from vae_train.trainer import Trainer
 
@@ -156,10 +156,23 @@ def build(cfg: DictConfig, device: torch.device):
     data = load_image_data(cfg.dataset)
     dm = DataModule(data, device, cfg.dataset.binarize, cfg.dataset.val_size,
                     cfg.dataset.split_seed, cfg.dataset.binarize_seed)
+    dm.labeled = cfg.dataset.get("labeled")  # semi-supervised models read it in bind()
     objective = _instantiate(cfg.loss, "loss")
     likelihood = objective.make_likelihood(dm.shape[0])
     model = _instantiate(cfg.model, "model", input_shape=dm.shape, num_classes=dm.num_classes,
                          likelihood=likelihood)
+    if hasattr(model, "loss_terms"):  # a model with its own objective (VQ-VAE, AAE, M2)
+        name = cfg.model._target_.rsplit(".", 1)[-1]
+        if not isinstance(objective, ELBO) or isinstance(objective, BetaVAE):
+            raise UserError(f"model {name} trains its own objective ({model.objective_doc}); "
+                            "drop the loss= choice (the default, loss=elbo, supplies only "
+                            "loss.likelihood/sigma/learn_sigma)")
+        objective = ModelObjective(model, likelihood=objective.likelihood,
+                                   sigma=objective.sigma, learn_sigma=objective.learn_sigma)
+    if cfg.dataset.get("labeled") is not None and not getattr(model, "semi_supervised", False):
+        raise UserError(f"dataset.labeled={cfg.dataset.labeled}: only a semi-supervised model "
+                        "(model=m2) can learn from part of the labels; drop dataset.labeled")
+    objective.bind(model, dm)
     return dm, objective.to(device), model.to(device)
 
 

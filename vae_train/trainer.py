@@ -61,16 +61,36 @@ class Trainer:
 
         opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
         sched_cfg = opt_cfg.pop("lr_schedule")
-        self.optimizer_target = opt_cfg["_target_"]
-        params = list(model.parameters()) + list(objective.parameters())
-        try:
-            self.optimizer = instantiate(opt_cfg)(params)
-        except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
-            raise UserError(f"optimizer={opt_cfg['_target_']} cannot be built from these "
-                            f"settings: {first_line(e)}") from None
+        group_cfgs = opt_cfg.pop("groups", None) or {}
+        # Stages run one after the other, each for its epochs (most objectives have one;
+        # VQ-VAE's second trains its prior); within a stage, each step runs the stage's
+        # phases in order, each updating one named parameter group with its own optimizer
+        # (the `optimizer` node, with `optimizer.groups.<name>.*` on top) and schedule.
+        self.stages = [(name, int(e), tuple(ph))
+                       for name, e, ph in objective.stages(int(self.t.epochs))]
+        self.total_epochs = sum(e for _, e, _ in self.stages)
         self.lr_factor = lr_factor_fn(sched_cfg, self.steps_per_epoch,
-                                      self.steps_per_epoch * int(self.t.epochs))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+                                      self.steps_per_epoch * self.total_epochs)
+        groups = objective.parameter_groups(model)
+        self.stage, self.phases = self.stages[0][0], self.stages[0][2]
+        unknown = sorted(set(group_cfgs) - set(groups))
+        if unknown:
+            raise UserError(f"optimizer.groups.{unknown[0]}: this model has no parameter group "
+                            f"{unknown[0]!r}; its groups are {', '.join(groups)}")
+        self.group_params = {name: list(params) for name, params in groups.items()}
+        self.optimizers, self.schedulers, self.optimizer_targets = {}, {}, {}
+        for name, params in self.group_params.items():
+            one = {**opt_cfg, **(group_cfgs.get(name) or {})}
+            self.optimizer_targets[name] = one["_target_"]
+            where = f"optimizer.groups.{name}" if name in group_cfgs else "optimizer"
+            try:
+                self.optimizers[name] = instantiate(one)(params)
+            except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
+                raise UserError(f"{where}={one['_target_']} cannot be built from these "
+                                f"settings: {first_line(e)}") from None
+            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[name],
+                                                                      self.lr_factor)
+        self.optimizer = next(iter(self.optimizers.values()))  # the first (or only) group's
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.shuffle_gen = torch.Generator().manual_seed(int(cfg.seed))
 
@@ -84,7 +104,7 @@ class Trainer:
         self.overrides: list[str] = []   # the command line's overrides, for resume=
         # A fixed validation batch for pictures, so grids compare across epochs.
         k = min(int(self.t.num_images), len(data.val))
-        self.fig_x = data.val.x[:k].float().div(255)
+        self.fig_x = data.val.floats(k)
         self.fig_y = data.val.y[:k]
 
     # -- one pass ---------------------------------------------------------------------------
@@ -99,7 +119,8 @@ class Trainer:
         n = len(self.data.train)
         perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.t.epochs}",
+        stage = f" {self.stage}" if len(self.stages) > 1 else ""
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.total_epochs}{stage}",
                    unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if self.t.progress else True)
         start = time.perf_counter()
@@ -115,22 +136,32 @@ class Trainer:
         means["images_per_sec"] = n / seconds
         return means
 
-    def _steps(self, perm, bs, sums, bar) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """One optimizer step of every phase on a batch; the terms of all phases, where
+        ``loss`` is the first phase's (the run's headline loss)."""
         clip = self.t.grad_clip
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            x, y = self.data.train_batch(idx)
+        merged: dict[str, torch.Tensor] = {}
+        for name in self.phases:
             with self.autocast():
-                terms = self.objective(self.model, x, y, step=self.step)
-            self.optimizer.zero_grad(set_to_none=True)
+                terms = self.objective(self.model, x, y, step=self.step, phase=name)
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
             if clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.group_params[name], float(clip))
+            self.scaler.step(opt)
+            merged.update(terms if not merged else {k: v for k, v in terms.items() if k != "loss"})
+        self.scaler.update()
+        for sched in self.schedulers.values():
+            sched.step()
+        self.step += 1
+        return merged
+
+    def _steps(self, perm, bs, sums, bar) -> None:
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            terms = self.train_step(*self.data.train_batch(idx))
             for k, v in terms.items():
                 sums[k] += v.detach().float() * len(idx)
             if self.step % int(self.t.log_every_steps) == 0:
@@ -151,14 +182,40 @@ class Trainer:
         return {k: (v / len(split)).item() for k, v in sums.items()}
 
     # -- the loop ---------------------------------------------------------------------------
+    def stage_index(self, epoch: int) -> int:
+        """Which stage epoch ``epoch`` (1-based) belongs to (the last one past the end)."""
+        end = 0
+        for i, (_, e, _) in enumerate(self.stages):
+            end += e
+            if epoch <= end:
+                return i
+        return len(self.stages) - 1
+
+    def enter_stage(self, epoch: int) -> None:
+        """Set the stage of ``epoch``; its first epoch starts from the previous stage's best
+        weights, and the best validation loss is tracked afresh (losses of different stages
+        measure different things)."""
+        i = self.stage_index(max(epoch, 1))
+        self.stage, self.phases = self.stages[i][0], self.stages[i][2]
+        self.objective.set_stage(self.stage)
+        first = sum(e for _, e, _ in self.stages[:i]) + 1
+        if i > 0 and epoch == first:
+            log.info("stage %r: epochs %d-%d, starting from the best weights of stage %r "
+                     "(epoch %d)", self.stage, first, first + self.stages[i][1] - 1,
+                     self.stages[i - 1][0], self.best_epoch)
+            self.load_best()
+            self.best_val, self.best_epoch = math.inf, 0
+
     def fit(self) -> None:
-        epochs = int(self.t.epochs)
+        epochs = self.total_epochs
         if self.epoch >= epochs and epochs > 0:
             log.info("already trained for %d epochs (trainer.epochs=%d); raise trainer.epochs "
                      "to train longer", self.epoch, epochs)
         try:
             for epoch in range(self.epoch + 1, epochs + 1):
+                self.enter_stage(epoch)
                 self._one_epoch(epoch)
+            self.enter_stage(self.epoch)
         except KeyboardInterrupt:
             if self.epoch == 0 and not (self.ckpt_dir / "last.pt").is_file():
                 log.error("interrupted in epoch 1, before the first checkpoint; start the run "
@@ -183,7 +240,7 @@ class Trainer:
         improved = val["loss"] < self.best_val
         if improved:
             self.best_val, self.best_epoch = val["loss"], epoch
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.optimizers[self.phases[0]].param_groups[0]["lr"]
         self.history.append({"epoch": epoch, "step": self.step, "lr": lr,
                              **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
@@ -199,7 +256,7 @@ class Trainer:
         if improved:  # the same bytes: copy the file rather than serialise the state again
             atomic_copy(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
         log.info("epoch %d/%d  train %.2f  val %.2f (recon %.2f, kl %.2f)  %.0f img/s  %.1fs%s",
-                 epoch, self.t.epochs, train["loss"], val["loss"], val.get("recon", math.nan),
+                 epoch, self.total_epochs, train["loss"], val["loss"], val.get("recon", math.nan),
                  val.get("kl", math.nan), train["images_per_sec"], train["seconds"],
                  "  best" if improved else "")
 
@@ -211,11 +268,11 @@ class Trainer:
         return {
             "format": checkpoint.FORMAT,
             "model_target": self.cfg.model._target_,
-            "optimizer_target": self.optimizer_target,
+            "optimizer_targets": dict(self.optimizer_targets),
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -242,23 +299,13 @@ class Trainer:
             log.warning("resuming with other data settings than the checkpoint's (dataset.%s); "
                         "best_val_loss was measured on the old validation split",
                         ", dataset.".join(changed))
-        if state.get("optimizer_target") != self.optimizer_target:
-            raise UserError(f"checkpoint {path} was trained with {state.get('optimizer_target')}, "
-                            f"this config asks for {self.optimizer_target}; resume with the "
-                            "same optimizer group")
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise UserError(f"checkpoint {path}: optimizer state does not fit ({e})") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        # Overrides given with resume= (optimizer.lr=..., weight decay, ...) win over the
-        # saved hyperparameters; the schedule factor is re-derived from the step.
-        self.scheduler.base_lrs = [f["initial_lr"] for f in fresh]
-        for group, f in zip(self.optimizer.param_groups, fresh):
-            group.update(f)
-            group["lr"] = f["initial_lr"] * self.lr_factor(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        saved_targets = state.get("optimizer_targets", {})
+        if set(saved_targets) != set(self.optimizers):
+            raise UserError(f"checkpoint {path} has optimizer groups {sorted(saved_targets)}, "
+                            f"this model has {sorted(self.optimizers)}; resume with the same model")
+        for name, opt in self.optimizers.items():
+            self._restore_group(path, name, opt, self.schedulers[name], saved_targets[name],
+                                state["optimizers"][name], state["schedulers"][name])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -271,6 +318,26 @@ class Trainer:
             if len(state["rng"]["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _restore_group(self, path, name, opt, sched, saved_target, opt_state, sched_state):
+        target = self.optimizer_targets[name]
+        if saved_target != target:
+            where = "" if name == "main" else f" (parameter group {name!r})"
+            raise UserError(f"checkpoint {path} was trained with {saved_target}{where}, this "
+                            f"config asks for {target}; resume with the same optimizer group")
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {path}: optimizer state does not fit ({e})") from None
+        sched.load_state_dict(sched_state)
+        # Overrides given with resume= (optimizer.lr=..., weight decay, ...) win over the
+        # saved hyperparameters; the schedule factor is re-derived from the step.
+        sched.base_lrs = [f["initial_lr"] for f in fresh]
+        for group, f in zip(opt.param_groups, fresh):
+            group.update(f)
+            group["lr"] = f["initial_lr"] * self.lr_factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
 
     def load_best(self) -> int:
         """Put the best checkpoint's weights in the model; returns its epoch (0: untrained)."""

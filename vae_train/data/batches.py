@@ -18,13 +18,22 @@ from vae_train.errors import UserError
 BINARIZE = ("none", "static", "dynamic")
 
 
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Stored values -> float: uint8 images to [0, 1], float data (sequences) as they are."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
 @dataclass
 class Split:
-    x: torch.Tensor  # uint8 (N, C, H, W) on the device
+    x: torch.Tensor  # uint8 (N, C, H, W) images, or float (N, 1, T, F) sequences, on the device
     y: torch.Tensor  # int64 (N,) on the device
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def floats(self, n: int | None = None) -> torch.Tensor:
+        """The first ``n`` examples (all: None) as float."""
+        return to_float(self.x[:n])
 
 
 def _binarize_once(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -39,6 +48,9 @@ class DataModule:
         if binarize not in BINARIZE:
             raise UserError(f"dataset.binarize={binarize!r} is not known; use one of "
                             f"{', '.join(BINARIZE)}")
+        if binarize != "none" and data.train_x.dtype != torch.uint8:
+            raise UserError(f"dataset.binarize={binarize}: {data.name} holds real-valued "
+                            "sequences, not images; use dataset.binarize=none")
         self.name = data.name
         self.shape = data.shape
         self.classes = data.classes
@@ -72,8 +84,30 @@ class DataModule:
             return Split(x, split.y)
         return split
 
+    def labeled_subset(self, n: int, seed: int = 0) -> Split:
+        """``n`` training examples balanced over the classes (n / classes each, the remainder
+        to the first classes), chosen with ``seed``: the labels a semi-supervised run sees."""
+        k = self.num_classes
+        if k < 2:
+            raise UserError(f"{self.name} has no class labels; a semi-supervised model needs them")
+        if not (isinstance(n, int) and k <= n <= len(self.train)):
+            raise UserError(f"dataset.labeled={n} is invalid: it must be an integer between the "
+                            f"number of classes ({k}) and the training set size ({len(self.train)})")
+        g = torch.Generator().manual_seed(seed)
+        y = self.train.y.cpu()
+        picked = []
+        for c in range(k):
+            want = n // k + (1 if c < n % k else 0)
+            members = torch.nonzero(y == c).flatten()
+            if len(members) < want:
+                raise UserError(f"dataset.labeled={n}: class {c} has only {len(members)} "
+                                f"training examples, {want} are needed; use fewer labels")
+            picked.append(members[torch.randperm(len(members), generator=g)[:want]])
+        idx = torch.cat(picked).to(self.train.x.device)
+        return Split(self.train.x[idx], self.train.y[idx])
+
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.train.x[idx].float().div_(255)
+        x = to_float(self.train.x[idx])
         if self.binarize == "dynamic":
             x = torch.bernoulli(x)
         return x, self.train.y[idx]
@@ -81,4 +115,4 @@ class DataModule:
     def eval_batches(self, split: Split, batch_size: int):
         """Float batches in order over a whole split (validation or test)."""
         for a in range(0, len(split), batch_size):
-            yield split.x[a:a + batch_size].float().div_(255), split.y[a:a + batch_size]
+            yield to_float(split.x[a:a + batch_size]), split.y[a:a + batch_size]

@@ -73,7 +73,7 @@ class GaussianVAE(nn.Module):
 
     # -- the interface objectives and evaluation use -------------------------------------
     def infer(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1,
-              analytic_kl: bool = True) -> dict:
+              analytic_kl: bool = True, step: int | None = None) -> dict:
         q = self.encode(x, y)
         z = q.rsample(k)                                           # (k, B, D)
         out = self.decode(z.flatten(0, 1), repeat_batch(self._y(y), k))

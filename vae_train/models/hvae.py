@@ -50,7 +50,7 @@ class HVAE(GaussianVAE):
     def p1(self, z2: torch.Tensor) -> DiagGaussian:
         return self._gaussian(self.prior1(z2))
 
-    def infer(self, x, y=None, k: int = 1, analytic_kl: bool = True) -> dict:
+    def infer(self, x, y=None, k: int = 1, analytic_kl: bool = True, step=None) -> dict:
         q1 = self.encode(x)
         z1 = q1.rsample(k)                                  # (k, B, L1)
         q2 = self.q2(z1)
