@@ -16,7 +16,7 @@ from vae_train.errors import UserError
 LOG_2PI = math.log(2 * math.pi)
 
 # Entries of an objective's dict that are settings in force (logged), not loss terms.
-SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k"})
+SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k", "tau"})
 
 
 def _sum_pixels(t: torch.Tensor) -> torch.Tensor:
@@ -273,6 +273,8 @@ class ELBO(Objective):
             "kl": kl.mean(),
             "elbo": -(recon + kl).mean(),
         }
+        if hasattr(model, "schedule_terms"):  # the model's own schedules (a temperature)
+            logged.update(model.schedule_terms(step))
         terms.update({k: torch.tensor(float(v)) for k, v in logged.items()})
         return terms
 

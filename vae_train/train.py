@@ -220,9 +220,9 @@ def run(cfg: DictConfig) -> float:
                    trainer.step)
     finally:
         tb.close()
-    log.info("test loss %.2f nats/example (recon %.2f, kl %.2f) with the best weights (epoch %d); "
-             "%.0f img/s", metrics["test_loss"], metrics["test_recon"], metrics["test_kl"],
-             best_epoch, metrics["images_per_sec"])
+    parts = ", ".join(f"{k} {test[k]:.2f}" for k in ("recon", "kl") if k in test)
+    log.info("test loss %.2f nats/example (%s) with the best weights (epoch %d); %.0f img/s",
+             metrics["test_loss"], parts, best_epoch, metrics["images_per_sec"])
     log.info("wrote %s", run_dir / "metrics.json")
     return float(metrics["test_loss"])
 

@@ -23,6 +23,7 @@ from vae_train.data import DataModule, Split
 from vae_train.errors import UserError, first_line
 from vae_train.files import atomic_copy
 from vae_train.logging import TBLogger
+from vae_train.losses import SCHEDULE_TERMS
 from vae_train.pictures import figures
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,11 @@ class Trainer:
             self.scaler.step(opt)
             merged.update(terms if not merged else {k: v for k, v in terms.items() if k != "loss"})
         self.scaler.update()
-        for sched in self.schedulers.values():
-            sched.step()
+        for name, sched in self.schedulers.items():
+            if name in self.phases:
+                sched.step()
+            else:  # a group resting in this stage: its schedule still follows the step
+                sched.last_epoch += 1
         self.step += 1
         return merged
 
@@ -198,6 +202,10 @@ class Trainer:
         i = self.stage_index(max(epoch, 1))
         self.stage, self.phases = self.stages[i][0], self.stages[i][2]
         self.objective.set_stage(self.stage)
+        for name in self.phases:  # a group that rested: its learning rate at this step
+            sched, opt = self.schedulers[name], self.optimizers[name]
+            for group, base in zip(opt.param_groups, sched.base_lrs):
+                group["lr"] = base * self.lr_factor(sched.last_epoch)
         first = sum(e for _, e, _ in self.stages[:i]) + 1
         if i > 0 and epoch == first:
             log.info("stage %r: epochs %d-%d, starting from the best weights of stage %r "
@@ -255,10 +263,12 @@ class Trainer:
         checkpoint.save_atomic(self.state_dict(), self.ckpt_dir / "last.pt")
         if improved:  # the same bytes: copy the file rather than serialise the state again
             atomic_copy(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
-        log.info("epoch %d/%d  train %.2f  val %.2f (recon %.2f, kl %.2f)  %.0f img/s  %.1fs%s",
-                 epoch, self.total_epochs, train["loss"], val["loss"], val.get("recon", math.nan),
-                 val.get("kl", math.nan), train["images_per_sec"], train["seconds"],
-                 "  best" if improved else "")
+        shown = [(k, v) for k, v in val.items() if k != "loss" and k not in SCHEDULE_TERMS]
+        detail = ", ".join(f"{k} {v:.2f}" if abs(v) >= 1 else f"{k} {v:.3f}"
+                           for k, v in shown[:4])
+        log.info("epoch %d/%d  train %.2f  val %.2f (%s)  %.0f img/s  %.1fs%s",
+                 epoch, self.total_epochs, train["loss"], val["loss"], detail,
+                 train["images_per_sec"], train["seconds"], "  best" if improved else "")
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -24,7 +24,10 @@ def _sides(side: int, stages: int) -> list[int]:
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, input_shape, channels, out_dim: int, act: str = "relu"):
+    """Conv stages, then a dense layer to ``out_dim`` numbers (``out_dim=None``: no dense
+    layer, the output is the feature map of ``feature_shape``)."""
+
+    def __init__(self, input_shape, channels, out_dim: int | None, act: str = "relu"):
         super().__init__()
         c, h, w = input_shape
         self.hs, self.ws = _sides(h, len(channels)), _sides(w, len(channels))
@@ -38,17 +41,23 @@ class ConvEncoder(nn.Module):
             c = int(ch)
         self.features = nn.Sequential(*layers)
         self.feature_shape = (c, self.hs[-1], self.ws[-1])
-        self.head = nn.Linear(math.prod(self.feature_shape), out_dim)
+        self.head = None if out_dim is None else nn.Linear(math.prod(self.feature_shape), out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+        h = self.features(x)
+        return h if self.head is None else self.head(h.flatten(1))
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, encoder: ConvEncoder, in_dim: int, out_channels: int, act: str = "relu"):
+    """The encoder's mirror: a dense layer from ``in_dim`` numbers (``in_dim=None``: the input
+    is already a feature map of the encoder's ``feature_shape``), then transposed convs."""
+
+    def __init__(self, encoder: ConvEncoder, in_dim: int | None, out_channels: int,
+                 act: str = "relu"):
         super().__init__()
         self.feature_shape = encoder.feature_shape
-        self.fc = nn.Sequential(nn.Linear(in_dim, math.prod(self.feature_shape)), activation(act))
+        self.fc = None if in_dim is None else nn.Sequential(
+            nn.Linear(in_dim, math.prod(self.feature_shape)), activation(act))
         chans = [m.out_channels for m in encoder.features if isinstance(m, nn.Conv2d)]
         ins = [m.in_channels for m in encoder.features if isinstance(m, nn.Conv2d)]
         ins[0] = out_channels
@@ -63,5 +72,5 @@ class ConvDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(-1, *self.feature_shape)
+        h = z if self.fc is None else self.fc(z).view(-1, *self.feature_shape)
         return self.deconv(h)
