@@ -180,6 +180,13 @@ class Objective(nn.Module):
                         "use loss.likelihood=bernoulli or loss.likelihood=gaussian")
 
 
+def schedule_terms(model, step) -> dict:
+    """The model's own schedules in force at ``step`` (a temperature), to be logged."""
+    if not hasattr(model, "schedule_terms"):
+        return {}
+    return {k: torch.tensor(float(v)) for k, v in model.schedule_terms(step).items()}
+
+
 class ModelObjective(Objective):
     """For models that define their own objective (VQ-VAE, adversarial AE, M2): the loss is
     ``model.loss_terms(x, y, step=, train=, phase=)``, the phases and parameter groups are
@@ -273,9 +280,8 @@ class ELBO(Objective):
             "kl": kl.mean(),
             "elbo": -(recon + kl).mean(),
         }
-        if hasattr(model, "schedule_terms"):  # the model's own schedules (a temperature)
-            logged.update(model.schedule_terms(step))
         terms.update({k: torch.tensor(float(v)) for k, v in logged.items()})
+        terms.update(schedule_terms(model, step))
         return terms
 
 
@@ -334,11 +340,11 @@ class IWAE(Objective):
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
                 step: int | None = None, train: bool = True, phase: str | None = None
                 ) -> dict[str, torch.Tensor]:
-        out = model.infer(x, y, k=self.k, analytic_kl=False)
+        out = model.infer(x, y, k=self.k, analytic_kl=False, step=step)
         log_w = out["log_px"] + out["log_pz"] - out["log_qz"]
         bound = iwae_bound(log_w)
         kl = (out["log_qz"] - out["log_pz"]).mean()
-        return {
+        terms = {
             "loss": -bound.mean(),
             "iwae": bound.mean(),
             "recon": -out["log_px"].mean(),
@@ -346,3 +352,5 @@ class IWAE(Objective):
             "elbo": log_w.mean(),
             "k": torch.tensor(float(self.k)),
         }
+        terms.update(schedule_terms(model, step))
+        return terms

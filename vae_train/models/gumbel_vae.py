@@ -1,0 +1,238 @@
+"""Discrete-latent VAE with the Gumbel-softmax (Concrete) relaxation.
+
+Jang, Gu & Poole (2017), "Categorical Reparameterization with Gumbel-Softmax", and Maddison,
+Mnih & Teh (2017), "The Concrete Distribution". The latent code is ``N`` categorical variables
+with ``K`` classes each, c = (c_1, ..., c_N), under a uniform prior p(c_n = k) = 1/K; the
+encoder (an MLP) gives q(c_n | x) = softmax(logits_n), the decoder (the mirror MLP) maps the
+N one-hot vectors, concatenated, to pixels.
+
+Training (``self.training``) decodes *relaxed* samples
+    z_n = softmax((log q(c_n|x) + g_n) / tau),    g_n ~ Gumbel(0, 1) i.i.d. per class,
+whose gradient reaches the encoder by reparameterisation. With ``hard=true`` the forward pass
+uses the one-hot argmax of z_n instead (straight-through: backward through the relaxed z_n).
+The temperature is a pure function of the global optimizer step (so a resumed run continues it):
+    tau(step) = max(tau_min, tau0 * exp(-anneal_rate * step)).
+
+Evaluation (``not self.training``) draws *hard* one-hot samples c ~ q(c|x) (Gumbel-max, exact),
+so log p(x|c) + log p(c) - log q(c|x) is a valid importance weight of the discrete model and the
+importance-sampled NLL of ``vae_train.evaluate`` (and ``loss=iwae`` on validation/test) is a
+real bound on -log p(x) = -log sum_c p(x|c) p(c).
+
+``infer`` returns what every objective needs (see ``models/base.py``):
+
+* ``log_pz`` = -N log K (the uniform prior of any one-hot code);
+* ``log_qz`` = sum_n sum_k z_nk log q_nk: for a one-hot sample (evaluation, or ``hard=true``)
+  this is exactly log q(c|x); for a relaxed training sample it is the cross-entropy surrogate
+  (not the Concrete density), as in Jang et al.;
+* ``kl_dims`` (k, B, N): per variable, analytic KL(q(c_n|x) || uniform) = sum_k q log(q K)
+  (0 for a uniform q, log K for a one-hot q); with ``analytic_kl=false`` the single-sample
+  estimate log q - log p of each variable.
+
+Active units (``latent_means``): E_q of the one-hot code, i.e. the N*K posterior class
+probabilities; a class entry is active when its probability varies across images
+(Var_x > threshold), so ``active units`` counts class entries out of N*K.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.utils import make_grid
+
+from vae_train.errors import UserError
+from vae_train.losses import BernoulliLikelihood
+from vae_train.nets import mlp
+from vae_train.pictures import prior_samples, reconstruction_grid
+
+
+def _check(ok: bool, key: str, value, what: str) -> None:
+    if not ok:
+        raise UserError(f"model.{key}={value!r} is invalid: it must be {what}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def gumbel_noise(shape, like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise, -log E with E ~ Exp(1) (E kept away from 0)."""
+    e = torch.empty(shape, device=like.device, dtype=like.dtype).exponential_()
+    return -torch.log(e.clamp_min(torch.finfo(like.dtype).tiny))
+
+
+def categorical_kl_to_uniform(log_q: torch.Tensor) -> torch.Tensor:
+    """KL(q || uniform over K) = sum_k q_k log(q_k K) over the last dim, from log q."""
+    return (log_q.exp() * (log_q + math.log(log_q.shape[-1]))).sum(-1)
+
+
+class GumbelVAE(nn.Module):
+    conditional = False
+
+    def __init__(self, input_shape, num_latents: int = 30, num_categories: int = 10,
+                 hidden_dims=(512, 256), activation: str = "relu", tau0: float = 1.0,
+                 tau_min: float = 0.5, anneal_rate: float = 3e-5, hard: bool = False,
+                 num_classes: int = 0, likelihood: nn.Module | None = None):
+        super().__init__()
+        _check(_is_int(num_latents) and num_latents > 0, "num_latents", num_latents,
+               "a positive integer (the number of categorical variables)")
+        _check(_is_int(num_categories) and num_categories >= 2, "num_categories",
+               num_categories, "an integer >= 2 (classes per categorical variable)")
+        _check(_is_num(tau0) and tau0 > 0, "tau0", tau0, "a number > 0")
+        _check(_is_num(tau_min) and 0 < tau_min <= tau0, "tau_min", tau_min,
+               f"a number in (0, tau0={tau0}]")
+        _check(_is_num(anneal_rate) and anneal_rate >= 0, "anneal_rate", anneal_rate,
+               "a number >= 0 (per optimizer step)")
+        _check(isinstance(hard, bool), "hard", hard, "true or false")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        self.num_latents, self.num_categories = int(num_latents), int(num_categories)
+        self.tau0, self.tau_min = float(tau0), float(tau_min)
+        self.anneal_rate, self.hard = float(anneal_rate), bool(hard)
+        d = math.prod(self.input_shape)
+        code = self.num_latents * self.num_categories
+        self.encoder = mlp(d, hidden_dims, code, activation)
+        self.decoder = mlp(code, list(hidden_dims)[::-1], d, activation)
+
+    # -- temperature ------------------------------------------------------------------------
+    def temperature(self, step: int | None) -> float:
+        """tau at optimizer step ``step`` (None: its final value, tau_min)."""
+        if step is None:
+            return self.tau_min
+        return max(self.tau_min, self.tau0 * math.exp(-self.anneal_rate * float(step)))
+
+    def schedule_terms(self, step: int | None) -> dict:
+        """Settings in force at ``step``, for the objective to log next to its terms."""
+        return {"tau": self.temperature(step)}
+
+    # -- networks ---------------------------------------------------------------------------
+    def log_q(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(c_n = k | x): (B, N, K)."""
+        logits = self.encoder(x.flatten(1)).float()
+        return F.log_softmax(logits.view(len(x), self.num_latents, self.num_categories), -1)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output (one number per pixel) for codes z of shape (B, N, K) or (B, N*K)."""
+        return self.decoder(z.reshape(z.shape[0], -1)).view(z.shape[0], *self.input_shape)
+
+    def one_hot(self, c: torch.Tensor) -> torch.Tensor:
+        """Class indices (..., N) -> one-hot codes (..., N, K) as floats."""
+        return F.one_hot(c.long(), self.num_categories).float()
+
+    def draw(self, log_q: torch.Tensor, k: int, step: int | None) -> torch.Tensor:
+        """k samples of the code, (k, B, N, K): relaxed or straight-through hard at tau(step)
+        in training, exactly one-hot c ~ q(c|x) in evaluation."""
+        noisy = log_q.unsqueeze(0) + gumbel_noise((k, *log_q.shape), log_q)
+        if not self.training:
+            return self.one_hot(noisy.argmax(-1))                  # Gumbel-max: exact
+        soft = torch.softmax(noisy / self.temperature(step), -1)
+        if not self.hard:
+            return soft
+        hard = self.one_hot(soft.argmax(-1))
+        return hard - soft.detach() + soft                       # forward hard, backward soft
+
+    # -- the interface objectives and evaluation use ----------------------------------------
+    def infer(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1,
+              analytic_kl: bool = True, step: int | None = None) -> dict:
+        log_q = self.log_q(x)                                      # (B, N, K)
+        z = self.draw(log_q, k, step)                              # (k, B, N, K)
+        out = self.decode(z.flatten(0, 1))
+        log_px = self.likelihood.log_prob(out.view(k, len(x), *self.input_shape), x)
+        log_qz_dims = (z * log_q).sum(-1)                          # (k, B, N)
+        log_pz_dim = -math.log(self.num_categories)
+        if analytic_kl:
+            kl_dims = categorical_kl_to_uniform(log_q).unsqueeze(0).expand_as(log_qz_dims)
+        else:
+            kl_dims = log_qz_dims - log_pz_dim
+        log_pz = torch.full_like(log_px, self.num_latents * log_pz_dim)
+        return {"log_px": log_px, "log_pz": log_pz, "log_qz": log_qz_dims.sum(-1),
+                "kl_dims": kl_dims, "x_out": out}
+
+    def latent_means(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list:
+        """E_q of the one-hot code: the class probabilities, (B, N*K)."""
+        return [self.log_q(x).exp().flatten(1)]
+
+    # -- the code ---------------------------------------------------------------------------
+    @property
+    def code_dim(self) -> int:
+        return self.num_latents * self.num_categories
+
+    @property
+    def code_kl_slice(self) -> slice:
+        return slice(0, self.num_latents)
+
+    def code(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean of the one-hot code: class probabilities, (B, N*K)."""
+        return self.log_q(x).exp().flatten(1)
+
+    def mode(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class of each variable, (B, N)."""
+        return self.log_q(x).argmax(-1)
+
+    def decode_code(self, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images for codes (B, N*K) or (B, N, K)."""
+        return self.likelihood.mean(self.decode(c))
+
+    # -- pictures ---------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images for codes drawn from the uniform prior (a CPU generator if given)."""
+        c = torch.randint(self.num_categories, (n, self.num_latents), generator=generator)
+        return self.decode_code(self.one_hot(c.to(self._device())))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean image at the most probable code (argmax of each variable)."""
+        return self.decode_code(self.one_hot(self.mode(x)))
+
+    @torch.no_grad()
+    def variable_kl(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean KL(q(c_n|x) || uniform) per variable over a batch, (N,)."""
+        return categorical_kl_to_uniform(self.log_q(x)).mean(0)
+
+    @torch.no_grad()
+    def traversals(self, x: torch.Tensor, variables: list[int]) -> torch.Tensor:
+        """One row per variable in ``variables``: image ``x[0]`` at the left, then the image's
+        argmax code with that variable set to each of its K classes in turn."""
+        c = self.mode(x[:1])                                       # (1, N)
+        classes = torch.arange(self.num_categories, device=c.device)
+        rows = []
+        for v in variables:
+            codes = c.repeat(self.num_categories, 1)
+            codes[:, v] = classes
+            imgs = self.decode_code(self.one_hot(codes))
+            rows.append(torch.cat([x[:1].float(), imgs.to(torch.float32)]))
+        return make_grid(torch.cat(rows).cpu().float(), nrow=self.num_categories + 1,
+                         pad_value=0.5)
+
+    def figures(self, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
+        """Reconstructions (at the argmax code) and samples (uniform one-hot codes)."""
+        return {"reconstructions": reconstruction_grid(self, x[:n], None),
+                "samples": prior_samples(self, n, seed)}
+
+    def sample_figures(self, x: torch.Tensor, y: torch.Tensor, args) -> dict:
+        """Samples, reconstructions, and traversals of the ``dims`` variables with the largest
+        mean KL on the test images (``steps`` and ``span`` do not apply: each row shows all K
+        classes)."""
+        kl = self.variable_kl(x).cpu()
+        order = torch.argsort(kl, descending=True)[:int(args.dims)].tolist()
+        i = int(args.image)
+        print("traversed variables (mean KL, nats; at most log K = "
+              f"{math.log(self.num_categories):.2f}): "
+              + ", ".join(f"{v} ({kl[v]:.2f})" for v in order), file=sys.stderr)
+        return {"samples": prior_samples(self, int(args.n), int(args.seed)),
+                "reconstructions": reconstruction_grid(self, x[:int(args.n)], None),
+                "traversals": self.traversals(x[i:i + 1], order)}
