@@ -36,6 +36,8 @@ CHECKS = [
     ("model.channels", lambda v: len(v) > 0 and all(_is_int(h) and h > 0 for h in v),
      "a non-empty list of positive integers"),
     ("model.latent_dim2", lambda v: _is_int(v) and v > 0, "a positive integer"),
+    ("model.disc_hidden_dims", lambda v: all(_is_int(h) and h > 0 for h in v),
+     "a list of positive integers"),
     ("model.hidden_dims2", lambda v: all(_is_int(h) and h > 0 for h in v),
      "a list of positive integers"),
     ("loss.beta", lambda v: _is_num(v) and v >= 0, "a number >= 0"),

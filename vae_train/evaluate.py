@@ -171,7 +171,8 @@ def main(argv):
     notes = []
     if run.model.conditional:
         notes.append("conditional model: nll estimates -log p(x | y)")
-    if run.cfg.loss.get("likelihood") == "bernoulli" and run.cfg.dataset.binarize == "none":
+    if ("nll" in result and run.cfg.loss.get("likelihood") == "bernoulli"
+            and run.cfg.dataset.binarize == "none"):
         notes.append("Bernoulli likelihood of grey levels (dataset.binarize=none) is not a "
                      "normalised density: compare this nll with the classic example's loss, not "
                      "with papers (train with dataset.binarize=dynamic for that)")
