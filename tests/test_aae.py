@@ -125,3 +125,25 @@ def test_aae_trains_evaluates_samples_and_resumes(tmp_path, call):
     assert m["epoch"] == 3 and len(m["history"]) == 3
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["optimizers"]["discriminator"]["param_groups"][0]["lr"] == 2e-4
+
+
+def test_three_optimizers_resume_to_the_same_weights(tmp_path):
+    """Stopped after epoch 1 and resumed, the AAE ends with exactly the weights (and the three
+    optimizers' states) of an uninterrupted 2-epoch run."""
+    def fit(folder, epochs, resume=None):
+        tr = _trainer(folder, [f"trainer.epochs={epochs}", "trainer.progress=false",
+                               "trainer.image_every_epochs=0"])
+        if resume:
+            tr.restore(resume)
+        tr.fit()
+        return tr
+
+    a = fit(tmp_path / "a", 2)
+    fit(tmp_path / "b", 1)
+    b = fit(tmp_path / "b", 2, resume=tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a.step == b.step
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    for name in a.optimizers:
+        sa, sb = a.optimizers[name].state_dict()["state"], b.optimizers[name].state_dict()["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa), name
