@@ -17,6 +17,7 @@ import torch
 
 from vae_train.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_cifar10
 from vae_train.data.idx import read_idx
+from vae_train.data.sines import make_sines, sine_classes
 from vae_train.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from vae_train.data.synthetic import make_synthetic
 from vae_train.errors import UserError, first_line
@@ -159,6 +160,14 @@ def load_synthetic(n_train: int, n_test: int, size: int, channels: int, seed: in
     return ImageData("synthetic", tx, ty, ex, ey, classes=list(SYNTHETIC_CLASSES))
 
 
+def load_sines(cfg) -> ImageData:
+    """Float sequences (N, 1, length, 1); label = number of sinusoids - 1."""
+    spec = {"length": cfg.length, "noise": cfg.noise, "max_components": cfg.max_components}
+    tx, ty = make_sines(int(cfg.num_train), int(cfg.generator_seed), **spec)
+    ex, ey = make_sines(int(cfg.num_test), int(cfg.generator_seed) + 1, **spec)
+    return ImageData("sines", tx, ty, ex, ey, classes=sine_classes(int(cfg.max_components)))
+
+
 def load_image_data(cfg) -> ImageData:
     """Read the data set named by the ``dataset`` config node, truncated to the sizes asked."""
     name = cfg.name
@@ -169,6 +178,8 @@ def load_image_data(cfg) -> ImageData:
     elif name == "synthetic":
         data = load_synthetic(int(cfg.num_train), int(cfg.num_test), int(cfg.image_size),
                               int(cfg.channels), int(cfg.generator_seed))
+    elif name == "sines":
+        data = load_sines(cfg)
     else:
         raise UserError(f"dataset.name={name!r} is not known")
     for split, size in (("train", cfg.get("train_size")), ("test", cfg.get("test_size"))):
