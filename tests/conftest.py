@@ -36,6 +36,21 @@ def compose_cfg(overrides=()):
         return compose(config_name="train", overrides=list(overrides))
 
 
+def make_trainer(overrides, folder):
+    """A CPU Trainer (no TensorBoard) for a composed config, its weights seeded with 0."""
+    import torch
+
+    from vae_train.logging import TBLogger
+    from vae_train.train import build
+    from vae_train.trainer import Trainer
+
+    cfg = compose_cfg(overrides)
+    torch.manual_seed(0)
+    dm, objective, model = build(cfg, torch.device("cpu"))
+    return Trainer(cfg, model, objective, dm, torch.device("cpu"), None, folder,
+                   TBLogger(folder, enabled=False))
+
+
 @pytest.fixture
 def cfg_factory():
     return compose_cfg

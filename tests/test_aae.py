@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import TINY, compose_cfg, make_trainer, run_cli
 from vae_train.errors import UserError
 from vae_train.logging import TBLogger
 from vae_train.models.aae import MixturePrior
@@ -18,11 +18,7 @@ SMALL = ["dataset=synthetic", "dataset.num_train=200", "dataset.num_test=50", "m
 
 
 def _trainer(tmp_path, overrides=()):
-    cfg = compose_cfg([*SMALL, *overrides])
-    torch.manual_seed(0)
-    dm, objective, model = build(cfg, torch.device("cpu"))
-    return Trainer(cfg, model, objective, dm, torch.device("cpu"), None, tmp_path,
-                   TBLogger(tmp_path, enabled=False))
+    return make_trainer([*SMALL, *overrides], tmp_path)
 
 
 def test_mixture_prior_puts_ten_components_on_a_circle():

@@ -7,22 +7,15 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, run_cli
-from vae_train.logging import TBLogger
+from conftest import TINY, make_trainer, run_cli
 from vae_train.models.vqvae import PixelCNNPrior
-from vae_train.train import build
-from vae_train.trainer import Trainer
 
 SMALL = ["dataset=synthetic", "dataset.num_train=200", "dataset.num_test=50", "model=vqvae",
          "model.num_codes=16", "model.code_dim=4", "model.prior_channels=8", "model.prior_layers=2"]
 
 
 def _trainer(tmp_path, overrides=()):
-    cfg = compose_cfg([*SMALL, *overrides])
-    torch.manual_seed(0)
-    dm, objective, model = build(cfg, torch.device("cpu"))
-    return Trainer(cfg, model, objective, dm, torch.device("cpu"), None, tmp_path,
-                   TBLogger(tmp_path, enabled=False))
+    return make_trainer([*SMALL, *overrides], tmp_path)
 
 
 def test_quantize_picks_the_nearest_code(tmp_path):
