@@ -99,6 +99,13 @@ def test_sweep_writes_one_run_per_combination(tmp_path):
         assert "loss.beta=" in run.name and "model.latent_dim=" in run.name
         assert "dataset" not in run.name                   # only swept keys name a run
     assert seen == {(b, l) for b in (0.5, 1.0, 4.0) for l in (2, 16)}
+    # the report reads the six runs back
+    from vae_train.report import report
+
+    result = report(sweep)
+    assert result["keys"] == ["loss.beta", "model.latent_dim"]
+    assert [r["status"] for r in result["runs"]] == ["ok"] * 6
+    assert (sweep / "rate_distortion.png").is_file() and (sweep / "metrics.png").is_file()
     # a sweep's run directory (its name holds '=' and ',') resumes like any other
     one = runs[3]
     proc = run_cli([f"resume={one}", "trainer.epochs=2"], tmp_path)
@@ -227,3 +234,23 @@ def test_a_failed_sweep_job_does_not_lose_the_others(tmp_path):
     assert len(failed) == 3
     assert "model.latent_dim=0 is invalid" in failed["0_loss.beta=1,model.latent_dim=0"]["error"]
     assert "loss.beta=-1" in failed["3_loss.beta=-1,model.latent_dim=2"]["error"]
+
+
+@pytest.mark.parametrize("preset", ["beta_latent", "beta", "models"])
+def test_sweep_presets_set_the_sweepers_grid(preset):
+    from hydra import compose, initialize_config_dir
+
+    from vae_train.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"sweep={preset}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params and all("," in str(v) or k == "model.latent_dim" for k, v in params.items())
+
+
+def test_a_sweep_preset_runs_with_a_key_narrowed_on_the_command_line(tmp_path):
+    sweep = tmp_path / "preset"
+    run_cli(["-m", "sweep=beta_latent", "loss.beta=1,4", "model.latent_dim=2", *TINY,
+             "trainer.epochs=1", "dataset.num_train=400", f"hydra.sweep.dir={sweep}"], tmp_path)
+    names = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert names == ["0_loss.beta=1", "1_loss.beta=4"]   # the preset's latent sizes: narrowed

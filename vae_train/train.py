@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -227,13 +230,13 @@ def run(cfg: DictConfig) -> float:
     return float(metrics["test_loss"])
 
 
-# Sweep jobs that failed in this process: (run directory, reason).
+# Sweep jobs that failed: (run directory, reason), filled by SweepFailures at the sweep's end.
 _FAILED: list[tuple[str, str]] = []
 
 
 def _record_failure(exc: BaseException) -> float:
     """In a sweep, one failed job must not lose the others: write ``failed.json`` with the
-    reason into its run directory, remember it, and let the sweep go on."""
+    reason into its run directory and let the sweep go on (the objective value is NaN)."""
     import traceback
 
     hc = HydraConfig.get()
@@ -243,9 +246,28 @@ def _record_failure(exc: BaseException) -> float:
     if not isinstance(exc, UserError):
         record["traceback"] = traceback.format_exc()
     write_json(run_dir / "failed.json", record)
-    _FAILED.append((str(run_dir), reason.splitlines()[0] if reason else type(exc).__name__))
     log.error("error: %s (recorded in %s; the sweep goes on)", reason, run_dir / "failed.json")
     return math.nan
+
+
+class SweepFailures(Callback):
+    """At the end of a multirun, collect the jobs of this sweep that wrote ``failed.json``.
+    It reads the files, so it works whatever launcher ran the jobs (in this process, in
+    joblib workers, on a SLURM cluster)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.start = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        start = getattr(self, "start", 0.0) - 1.0
+        found = [f for f in sweep_dir.rglob("failed.json") if f.stat().st_mtime >= start]
+        for f in sorted(found, key=lambda f: f.stat().st_mtime):
+            try:
+                reason = json.loads(f.read_text()).get("error") or "unknown"
+            except (OSError, ValueError):
+                reason = "failed.json is unreadable"
+            _FAILED.append((str(f.parent), reason.splitlines()[0]))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
