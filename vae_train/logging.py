@@ -30,9 +30,12 @@ class TBLogger:
             return
         metrics = {f"hparam/{k}": float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        exp, ssi, sei = hparams(hparam_dict, metrics)
+        _, ssi, sei = hparams(hparam_dict, metrics)
+        # No experiment summary: TensorBoard then builds the table from every run's session,
+        # marks the hyperparameters whose values differ between runs (a sweep's swept keys)
+        # and shows those columns first.
         fw = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (ssi, sei):
             fw.add_summary(summary, step)
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)

@@ -219,7 +219,10 @@ def run(cfg: DictConfig) -> float:
         save_figures(figs, run_dir)
         tb.images({f"best_{k}": v for k, v in figs.items()}, trainer.step)
         tb.scalars("test", test, trainer.step)
-        tb.hparams(hparams_of(cfg), {k: v for k, v in metrics.items() if k != "history"},
+        # The HPARAMS table's metric columns: the test terms and the best validation loss
+        # (TensorBoard shows the first five by name: best_val_loss, test_elbo, test_kl, ...).
+        tb.hparams(hparams_of(cfg), {k: v for k, v in metrics.items()
+                                     if k.startswith("test_") or k == "best_val_loss"},
                    trainer.step)
     finally:
         tb.close()
