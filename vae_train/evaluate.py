@@ -9,6 +9,11 @@ for other splits), printed as a table, and logged to the run's TensorBoard.
 is the importance-weighted bound with k samples; it approaches log p(x) from below as k grows
 (Burda et al. 2016). Examples are batched and the k samples chunked, so at most ``max_batch``
 (example, sample) pairs are decoded at once and memory stays bounded whatever k is.
+
+For data sets generated from known factors (``dataset=dsprites``) it also scores the code
+(the posterior mean of the code layer) with the mutual information gap (``mig``) and the
+FactorVAE metric (``factorvae_metric``) on images rendered from freshly drawn factors; see
+:mod:`vae_train.disentangle`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_train.data import Split
+from vae_train.disentangle import expected_images, measure, model_code_fn
 from vae_train.errors import UserError
 from vae_train.files import write_json
 from vae_train.runs import command, load_run, parse_args, pick_split
@@ -38,10 +44,16 @@ DEFAULTS = {
     "seed": 0,
     "progress": True,
     "dataset.root": None,  # where the data is now, if it moved since training
+    # data sets with known factors (dsprites): disentanglement of the code
+    "metric_samples": 10000,  # images for MIG and the latents' spread (0: skip the metrics)
+    "mig_bins": 20,           # equal-width bins per latent for MIG
+    "factorvae_votes": 800,   # FactorVAE votes: the first half fit the classifier, the rest score
+    "factorvae_l": 100,       # images per vote (L)
 }
 USAGE = ("usage: python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] "
          "[checkpoint=best] [n=N] [batch_size=100] [max_batch=16384] [threshold=0.01] "
-         "[device=auto] [seed=0] [progress=true] [dataset.root=PATH]")
+         "[device=auto] [seed=0] [progress=true] [dataset.root=PATH] [metric_samples=10000] "
+         "[mig_bins=20] [factorvae_votes=800] [factorvae_l=100]")
 
 
 @torch.no_grad()
@@ -119,6 +131,21 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
     return result
 
 
+def disentanglement(model, grid, device, args) -> dict:
+    """MIG and the FactorVAE metric of the model's code on the data set's factor grid."""
+    samples, votes, group = int(args.metric_samples), int(args.factorvae_votes), \
+        int(args.factorvae_l)
+    start = time.perf_counter()
+    with tqdm(total=expected_images(samples, votes, group), desc="disentanglement",
+              unit="img", leave=False, disable=None if args.progress else True) as bar:
+        code_of = model_code_fn(model, grid, device, max(int(args.batch_size), 256), bar.update)
+        out = measure(code_of, grid.names, grid.sizes, samples=samples, votes=votes,
+                      group=group, bins=int(args.mig_bins), threshold=float(args.threshold),
+                      seed=int(args.seed))
+    out["disentanglement"]["seconds"] = time.perf_counter() - start
+    return out
+
+
 def print_table(result: dict, file=None) -> None:
     file = file or sys.stdout
     rows = [("examples", f"{result['n']} ({result['split']})")]
@@ -135,6 +162,15 @@ def print_table(result: dict, file=None) -> None:
             ("largest KL per dim",
              ", ".join(f"{v:.2f}" for v in kl[:8]) + (" ..." if len(kl) > 8 else "")),
         ]
+    if "mig" in result:
+        d = result["disentanglement"]
+        rows += [
+            ("MIG", f"{result['mig']:.3f}  (" + ", ".join(
+                f"{k} {v:.2f}" for k, v in d["mig_per_factor"].items()) + ")"),
+            ("FactorVAE metric", f"{result['factorvae_metric']:.3f}  (fit votes "
+                                 f"{d['factorvae_train_accuracy']:.3f}; {d['active_latents']}/"
+                                 f"{d['latent_dims']} latents active)"),
+        ]
     for name in result.get("model_metrics", []):
         value = result[name]
         rows.append((name.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
@@ -145,14 +181,24 @@ def print_table(result: dict, file=None) -> None:
         print(f"  {name:<{width}}  {value}", file=file)
 
 
+def _binary(x: torch.Tensor) -> bool:
+    """Images whose pixels are all 0 or 255 (dsprites): a Bernoulli likelihood is a density."""
+    return x.dtype == torch.uint8 and bool(((x == 0) | (x == 255)).all())
+
+
 @command
 def main(argv):
     args = parse_args(argv, DEFAULTS, USAGE)
-    for key, low in (("k", 1), ("n", 2), ("batch_size", 1), ("max_batch", 1)):
+    for key, low in (("k", 1), ("n", 2), ("batch_size", 1), ("max_batch", 1),
+                     ("metric_samples", 0), ("mig_bins", 2), ("factorvae_votes", 2),
+                     ("factorvae_l", 2)):
         value = args[key]
         if value is not None and (not isinstance(value, int) or value < low):
             raise UserError(f"{key}={value} is invalid: it must be an integer >= {low}"
                             + (" (active units need a variance over examples)" if key == "n" else ""))
+    if args.metric_samples == 1:
+        raise UserError("metric_samples=1 is invalid: it must be 0 (skip the disentanglement "
+                        "metrics) or at least 2 (the latents' spread needs a variance)")
     run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
     split = pick_split(run, args.split)
     bs = int(args.batch_size)
@@ -172,10 +218,18 @@ def main(argv):
     if run.model.conditional:
         notes.append("conditional model: nll estimates -log p(x | y)")
     if ("nll" in result and run.cfg.loss.get("likelihood") == "bernoulli"
-            and run.cfg.dataset.binarize == "none"):
+            and run.cfg.dataset.binarize == "none" and not _binary(split.x[:n])):
         notes.append("Bernoulli likelihood of grey levels (dataset.binarize=none) is not a "
                      "normalised density: compare this nll with the classic example's loss, not "
                      "with papers (train with dataset.binarize=dynamic for that)")
+    grid = getattr(run.data, "factor_grid", None)
+    if grid is not None and args.metric_samples:
+        if not hasattr(run.model, "code"):
+            notes.append(f"disentanglement metrics skipped: {type(run.model).__name__} has no "
+                         "continuous code (model.code) to score")
+        else:
+            result.update(disentanglement(run.model, grid, run.device, args))
+            result["seconds"] += result["disentanglement"]["seconds"]
     if notes:
         result["note"] = "; ".join(notes)
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
@@ -188,6 +242,8 @@ def main(argv):
     if "nll" in result:
         scalars.update({f"nll_k{args.k}": result["nll"], "elbo": result["elbo"],
                         "active_units": result["active_units"]})
+    if "mig" in result:
+        scalars.update({"mig": result["mig"], "factorvae_metric": result["factorvae_metric"]})
     tb.scalars(f"eval_{args.split}", scalars, run.step)
     tb.close()
     print_table(result)

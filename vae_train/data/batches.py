@@ -55,6 +55,7 @@ class DataModule:
         self.shape = data.shape
         self.classes = data.classes
         self.num_classes = data.num_classes
+        self.factor_grid = data.factor_grid  # known factors of variation (dsprites), or None
         self.binarize = binarize
         n = len(data.train_x)
         n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vae_train.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_cifar10
+from vae_train.data.dsprites import load_dsprites
 from vae_train.data.idx import read_idx
 from vae_train.data.sines import make_sines, sine_classes
 from vae_train.data.synthetic import CLASSES as SYNTHETIC_CLASSES
@@ -39,6 +40,11 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str] = field(default_factory=list)
+    # Generated from known factors of variation (dsprites): each image's factor indices
+    # (N, K) int64, and the grid they index (vae_train.disentangle.FactorGrid).
+    train_factors: torch.Tensor | None = None
+    test_factors: torch.Tensor | None = None
+    factor_grid: object | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -180,6 +186,8 @@ def load_image_data(cfg) -> ImageData:
                               int(cfg.channels), int(cfg.generator_seed))
     elif name == "sines":
         data = load_sines(cfg)
+    elif name == "dsprites":
+        data = load_dsprites(cfg)
     else:
         raise UserError(f"dataset.name={name!r} is not known")
     for split, size in (("train", cfg.get("train_size")), ("test", cfg.get("test_size"))):
@@ -190,4 +198,7 @@ def load_image_data(cfg) -> ImageData:
                                 f"{len(x)} {split} images; use a smaller value or null for all")
             setattr(data, f"{split}_x", x[:size])
             setattr(data, f"{split}_y", y[:size])
+            factors = getattr(data, f"{split}_factors")
+            if factors is not None:
+                setattr(data, f"{split}_factors", factors[:size])
     return data
