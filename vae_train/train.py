@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vae_train import launchers
 from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
 from vae_train.errors import UserError
@@ -33,6 +34,10 @@ log = logging.getLogger("vae_train")
 _PKG = Path(__file__).resolve().parent
 # A wheel carries the configs inside the package; a source checkout has them at the top.
 CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
+
+
+# Config groups that say how a sweep runs, not what a run is.
+SWEEP_GROUPS = ("launcher", "search", "sweep")
 
 
 # -- resume: re-run the saved composition in the same run directory ---------------------------
@@ -81,7 +86,10 @@ def resume_argv(argv: list[str]) -> list[str]:
     if any(a in ("-m", "--multirun") for a in argv):
         raise UserError("resume= continues one run; it cannot be combined with -m/--multirun")
     run_dir, ckpt = find_run(resume[-1].split("=", 1)[1])
-    saved = checkpoint.load(ckpt).get("overrides", [])
+    # How the sweep was run (launcher, search, preset) is not part of the run: a resume is one
+    # run in this process, and must not need the plugins that launched it.
+    saved = [o for o in checkpoint.load(ckpt).get("overrides", [])
+             if _override_key(o) not in SWEEP_GROUPS]
     merged: dict[str, str] = {}
     for o in [*saved, *(a for a in argv if "=" in a and not a.startswith("-"))]:
         merged[_override_key(o)] = o
@@ -120,7 +128,7 @@ def hparams_of(cfg: DictConfig) -> dict:
     try:
         hc = HydraConfig.get()
         out.update({g: c for g, c in hc.runtime.choices.items()
-                    if not g.startswith("hydra") and isinstance(c, str)})
+                    if not g.startswith("hydra") and g not in SWEEP_GROUPS and isinstance(c, str)})
         keys = [_override_key(o) for o in hc.overrides.task]
     except ValueError:
         keys = []
@@ -293,6 +301,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     try:
+        launchers.check(sys.argv[1:])
         sys.argv = [sys.argv[0], *sweep_argv(resume_argv(sys.argv[1:]))]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
