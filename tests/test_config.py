@@ -75,11 +75,14 @@ def test_every_model_builds_for_grey_and_colour_images(option, shape, tmp_path):
 @pytest.mark.parametrize("option", options("dataset"))
 def test_every_dataset_builds(option, data_root, tmp_path):
     generated = {"synthetic": SMALL,
-                 "sines": ["dataset=sines", "dataset.num_train=200", "dataset.num_test=50"]}
+                 "sines": ["dataset=sines", "dataset.num_train=200", "dataset.num_test=50"],
+                 "dsprites": ["dataset=dsprites", "dataset.num_train=200", "dataset.num_test=50",
+                              "dataset.cache=false"]}
     cfg = compose_cfg(generated.get(option) or
                       [f"dataset={option}", f"dataset.root={data_root}", "dataset.download=false"])
     dm, _ = _build_and_step(cfg, tmp_path)
-    assert dm.shape == {"cifar10": (3, 32, 32), "sines": (1, 64, 1)}.get(option, (1, 28, 28))
+    assert dm.shape == {"cifar10": (3, 32, 32), "sines": (1, 64, 1),
+                        "dsprites": (1, 64, 64)}.get(option, (1, 28, 28))
 
 
 @pytest.mark.parametrize("option", options("loss"))

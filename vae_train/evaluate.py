@@ -133,8 +133,8 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
 
 def disentanglement(model, grid, device, args) -> dict:
     """MIG and the FactorVAE metric of the model's code on the data set's factor grid."""
-    samples, votes, group = int(args.metric_samples), int(args.factorvae_votes), \
-        int(args.factorvae_l)
+    samples, votes = int(args.metric_samples), int(args.factorvae_votes)
+    group = int(args.factorvae_l)
     start = time.perf_counter()
     with tqdm(total=expected_images(samples, votes, group), desc="disentanglement",
               unit="img", leave=False, disable=None if args.progress else True) as bar:
@@ -164,13 +164,11 @@ def print_table(result: dict, file=None) -> None:
         ]
     if "mig" in result:
         d = result["disentanglement"]
-        rows += [
-            ("MIG", f"{result['mig']:.3f}  (" + ", ".join(
-                f"{k} {v:.2f}" for k, v in d["mig_per_factor"].items()) + ")"),
-            ("FactorVAE metric", f"{result['factorvae_metric']:.3f}  (fit votes "
-                                 f"{d['factorvae_train_accuracy']:.3f}; {d['active_latents']}/"
-                                 f"{d['latent_dims']} latents active)"),
-        ]
+        per = ", ".join(f"{k} {v:.2f}" for k, v in d["mig_per_factor"].items())
+        fit = (f"fit votes {d['factorvae_train_accuracy']:.3f}; "
+               f"{d['active_latents']}/{d['latent_dims']} latents active")
+        rows += [("MIG", f"{result['mig']:.3f}  ({per})"),
+                 ("FactorVAE metric", f"{result['factorvae_metric']:.3f}  ({fit})")]
     for name in result.get("model_metrics", []):
         value = result[name]
         rows.append((name.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
