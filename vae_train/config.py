@@ -66,6 +66,8 @@ CHECKS = [
     ("trainer.log_every_steps", lambda v: _is_int(v) and v > 0, "a positive integer"),
     ("trainer.num_images", lambda v: _is_int(v) and v > 0, "a positive integer"),
     ("trainer.image_every_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("trainer.nonfinite", lambda v: v in ("stop", "skip"), "stop or skip"),
+    ("trainer.max_skipped_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("dataset.train_size", lambda v: v is None or (_is_int(v) and v > 0),
      "null or a positive integer"),
     ("dataset.test_size", lambda v: v is None or (_is_int(v) and v > 0),

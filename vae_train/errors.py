@@ -15,3 +15,11 @@ class UserError(Exception):
     The message must say what was wrong and how to fix it; the command line turns it into
     one line on stderr and a non-zero exit code.
     """
+
+
+class NonFiniteError(UserError):
+    """A loss term or gradient went NaN/Inf: the step it happened at and what it was."""
+
+    def __init__(self, message: str, step: int, term: str):
+        super().__init__(message)
+        self.step, self.term = step, term

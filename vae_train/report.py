@@ -74,7 +74,9 @@ def collect(sweep: Path) -> list[dict]:
                "status": "unfinished", "error": ""}
         metrics = _read_json(run_dir / "metrics.json")
         failed = _read_json(run_dir / "failed.json")
-        if metrics is not None:
+        if metrics is not None and metrics.get("status") == "failed":   # stopped on NaN/Inf
+            rec["status"], rec["error"] = "failed", str(metrics.get("error", "")).splitlines()[0]
+        elif metrics is not None:
             rec["status"] = "ok"
             rec["metrics"].update({k: v for k, v in metrics.items()
                                    if k not in NOT_METRICS and _is_scalar(v)})

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vae_train import launchers
 from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
-from vae_train.errors import UserError
+from vae_train.errors import NonFiniteError, UserError
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.losses import ELBO, SCHEDULE_TERMS, BetaVAE, ModelObjective
@@ -208,7 +208,14 @@ def run(cfg: DictConfig) -> float:
                              if _override_key(o) != "resume"]
         if cfg.resume:
             trainer.restore(Path(cfg.resume))
-        trainer.fit()
+        try:
+            trainer.fit()
+        except NonFiniteError as e:   # the failure, where and what, for the user and the report
+            write_json(run_dir / "metrics.json", {
+                "status": "failed", "error": str(e), "failed_step": e.step, "failed_term": e.term,
+                "epoch": trainer.epoch, "steps": trainer.step,
+                "skipped_steps": trainer.skipped_steps, "history": trainer.history})
+            raise
         best_epoch = trainer.load_best()
         test = trainer.evaluate(dm.test)
         metrics = {
@@ -218,6 +225,8 @@ def run(cfg: DictConfig) -> float:
             "images_per_sec": (trainer.train_images / trainer.train_time
                                if trainer.train_time else math.nan),
             "train_seconds": trainer.train_time,
+            "skipped_steps": trainer.skipped_steps,
+            "amp_skipped_steps": trainer.amp_skipped_steps,
             "num_params": n_params, "device": str(device),
             "precision": str(cfg.device.precision),
             "history": trainer.history,

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from vae_train import checkpoint
 from vae_train.data import DataModule, Split
-from vae_train.errors import UserError, first_line
+from vae_train.errors import NonFiniteError, UserError, first_line
 from vae_train.files import atomic_copy
 from vae_train.logging import TBLogger
 from vae_train.losses import SCHEDULE_TERMS
@@ -102,6 +102,9 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time = 0.0
         self.train_images = 0
+        self.skipped_steps = 0       # non-finite steps skipped (trainer.nonfinite=skip)
+        self.amp_skipped_steps = 0   # fp16: steps the gradient scaler skipped (inf/NaN grads)
+        self._epoch_examples = 0
         self.overrides: list[str] = []   # the command line's overrides, for resume=
         # A fixed validation batch for pictures, so grids compare across epochs.
         k = min(int(self.t.num_images), len(data.val))
@@ -129,7 +132,8 @@ class Trainer:
             self._steps(perm, bs, sums, bar)
         finally:
             bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
-        means = {k: (v / n).item() for k, v in sums.items()}  # .item() waits for the device
+        used = max(1, self._epoch_examples)          # examples of the steps not skipped
+        means = {k: (v / used).item() for k, v in sums.items()}  # .item() waits for the device
         seconds = time.perf_counter() - start
         self.train_time += seconds
         self.train_images += n
@@ -137,23 +141,40 @@ class Trainer:
         means["images_per_sec"] = n / seconds
         return means
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
-        ``loss`` is the first phase's (the run's headline loss)."""
+        ``loss`` is the first phase's (the run's headline loss). A non-finite loss term or
+        gradient stops the run (``trainer.nonfinite=stop``) or skips the step (``skip``:
+        nothing is updated, None is returned)."""
         clip = self.t.grad_clip
         merged: dict[str, torch.Tensor] = {}
+        fp16 = self.scaler.is_enabled()
         for name in self.phases:
             with self.autocast():
                 terms = self.objective(self.model, x, y, step=self.step, phase=name)
+            values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+            if not bool(torch.isfinite(values).all()):
+                bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+                return self._nonfinite(name, f"loss term {', '.join(bad)}", terms)
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
             if clip:
                 self.scaler.unscale_(opt)
+            if not fp16:   # fp16: the scaler finds inf/NaN gradients and skips the step itself
+                norm = torch.nn.utils.clip_grad_norm_(self.group_params[name],
+                                                      float(clip) if clip else math.inf)
+                if not bool(torch.isfinite(norm)):
+                    return self._nonfinite(name, "gradient", terms)
+            elif clip:
                 torch.nn.utils.clip_grad_norm_(self.group_params[name], float(clip))
             self.scaler.step(opt)
             merged.update(terms if not merged else {k: v for k, v in terms.items() if k != "loss"})
-        self.scaler.update()
+        if fp16:
+            scale = self.scaler.get_scale()
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                self.amp_skipped_steps += 1
         for name, sched in self.schedulers.items():
             if name in self.phases:
                 sched.step()
@@ -162,17 +183,43 @@ class Trainer:
         self.step += 1
         return merged
 
+    def _nonfinite(self, phase: str, what: str, terms: dict) -> None:
+        """Stop with a message naming the step and the term, or skip the step."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
+        where = f"step {self.step + 1} (epoch {self.epoch + 1}" + \
+            (f", phase {phase})" if len(self.phases) > 1 else ")")
+        if self.t.nonfinite == "skip" and self.skipped_steps < int(self.t.max_skipped_steps):
+            self.skipped_steps += 1
+            if self.skipped_steps in (1, 10, 100) or self.skipped_steps % 1000 == 0:
+                log.warning("non-finite %s at %s: step skipped (%d so far; at most "
+                            "trainer.max_skipped_steps=%d)", what, where, self.skipped_steps,
+                            int(self.t.max_skipped_steps))
+            return None
+        limit = (f"; {self.skipped_steps} steps were skipped already, "
+                 "trainer.max_skipped_steps reached" if self.t.nonfinite == "skip" else "")
+        kept = (f"checkpoints keep epoch {self.epoch}" if self.epoch
+                else "no checkpoint was written")
+        raise NonFiniteError(
+            f"non-finite {what} at {where}: {values}{limit}; {kept}. Lower optimizer.lr, set "
+            "trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
+            step=self.step + 1, term=what)
+
     def _steps(self, perm, bs, sums, bar) -> None:
         for i in range(self.steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
             terms = self.train_step(*self.data.train_batch(idx))
+            bar.update()
+            if terms is None:   # a skipped non-finite step
+                continue
+            self._epoch_examples += len(idx)
             for k, v in terms.items():
                 sums[k] += v.detach().float() * len(idx)
             if self.step % int(self.t.log_every_steps) == 0:
                 values = {k: v.item() for k, v in terms.items()}
                 self.tb.scalars("train_step", values, self.step)
                 bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
-            bar.update()
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict:
@@ -237,11 +284,12 @@ class Trainer:
     def _one_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
         train = self.train_epoch(epoch)
-        if not math.isfinite(train["loss"]):
+        if not math.isfinite(train.get("loss", math.nan)):   # (no loss: every step skipped)
             kept = (f"checkpoints keep epoch {self.epoch}" if self.epoch
                     else "no checkpoint was written")
             raise UserError(
-                f"training diverged: the mean train loss of epoch {epoch} is {train['loss']} "
+                f"training diverged: the mean train loss of epoch {epoch} is "
+                f"{train.get('loss', 'undefined (every step skipped)')} "
                 f"(recon {train.get('recon')}, kl {train.get('kl')}); {kept}. "
                 "Lower optimizer.lr or set trainer.grad_clip")
         val = self.evaluate(self.data.val)
@@ -250,6 +298,8 @@ class Trainer:
             self.best_val, self.best_epoch = val["loss"], epoch
         lr = self.optimizers[self.phases[0]].param_groups[0]["lr"]
         self.history.append({"epoch": epoch, "step": self.step, "lr": lr,
+                             "skipped_steps": self.skipped_steps,
+                             "amp_skipped_steps": self.amp_skipped_steps,
                              **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
         self.tb.scalars("train", {k: v for k, v in train.items() if k != "seconds"}, self.step)
@@ -291,6 +341,8 @@ class Trainer:
             "history": self.history,
             "train_time": self.train_time,
             "train_images": self.train_images,
+            "skipped_steps": self.skipped_steps,
+            "amp_skipped_steps": self.amp_skipped_steps,
             "rng": rng,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "overrides": list(self.overrides),
@@ -322,6 +374,8 @@ class Trainer:
         self.best_val, self.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
         self.history = list(state["history"])
         self.train_time, self.train_images = float(state["train_time"]), int(state["train_images"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.amp_skipped_steps = int(state.get("amp_skipped_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
         if "cuda" in state["rng"] and torch.cuda.is_available():

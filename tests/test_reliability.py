@@ -1,0 +1,112 @@
+"""Non-finite losses and gradients: detected at the step, stop or skip, checkpoints kept."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, make_trainer, run_cli
+from vae_train.errors import NonFiniteError
+
+SMALL = ["dataset=synthetic", "dataset.num_train=400", "dataset.num_test=50",
+         "trainer.batch_size=60", "trainer.progress=false", "trainer.image_every_epochs=0"]
+
+
+def _poison(trainer, calls):
+    """Make the objective's kl and loss NaN in the given training calls (1, 2, ...)."""
+    forward = trainer.objective.forward
+    count = {"n": 0}
+
+    def poisoned(model, x, y=None, step=None, train=True, phase=None):
+        terms = forward(model, x, y, step=step, train=train, phase=phase)
+        if train:
+            count["n"] += 1
+            if count["n"] in calls:
+                terms["kl"] = terms["kl"] * math.nan
+                terms["loss"] = terms["loss"] + terms["kl"]
+        return terms
+
+    trainer.objective.forward = poisoned
+
+
+def test_a_nan_stops_at_its_step_naming_the_term_and_updates_nothing(tmp_path):
+    tr = make_trainer([*SMALL, "trainer.epochs=3"], tmp_path)   # 6 steps per epoch
+    _poison(tr, {9})
+    tr.enter_stage(1)
+    tr._one_epoch(1)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"non-finite loss term loss, kl at step 9 "
+                                             r"\(epoch 2\).*checkpoints keep epoch 1") as e:
+        tr.fit()
+    assert e.value.step == 9
+    assert tr.step == 8      # steps 7 and 8 ran, step 9 was refused
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # the refused step changed nothing: the model differs from before only by steps 7 and 8
+    assert any(not torch.equal(v, tr.model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.isfinite(v).all() for v in tr.model.state_dict().values())
+
+
+def _overflow_on_backward(trainer, call):
+    """The ``call``-th backward pass gives one weight an infinite gradient (finite loss)."""
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * math.inf if calls["n"] == call else grad
+
+    next(trainer.model.parameters()).register_hook(hook)
+
+
+def test_a_non_finite_gradient_is_caught_too(tmp_path):
+    tr = make_trainer([*SMALL, "trainer.epochs=1"], tmp_path)
+    _overflow_on_backward(tr, 3)
+    with pytest.raises(NonFiniteError, match="non-finite gradient at step 3"):
+        tr.fit()
+
+
+def test_skip_mode_skips_counts_and_finishes(tmp_path):
+    tr = make_trainer([*SMALL, "trainer.epochs=2", "trainer.nonfinite=skip"], tmp_path)
+    _poison(tr, {3, 5})
+    tr.fit()
+    assert tr.skipped_steps == 2 and tr.epoch == 2
+    assert tr.step == 12 - 2                       # skipped steps are not optimizer steps
+    h = tr.history[-1]
+    assert h["skipped_steps"] == 2 and math.isfinite(h["train_loss"])
+    # ... up to a limit
+    tr = make_trainer([*SMALL, "trainer.epochs=1", "trainer.nonfinite=skip",
+                       "trainer.max_skipped_steps=1"], tmp_path / "limit")
+    _poison(tr, {1, 2})
+    with pytest.raises(NonFiniteError, match="trainer.max_skipped_steps reached"):
+        tr.fit()
+
+
+def test_fp16_scaler_skips_are_counted_not_failures(tmp_path):
+    tr = make_trainer([*SMALL, "trainer.epochs=1"], tmp_path)
+    tr.amp_dtype = torch.float16
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, enabled=True)  # no natural overflow
+    _overflow_on_backward(tr, 3)   # as an fp16 gradient can overflow
+    tr.fit()
+    assert tr.amp_skipped_steps == 1 and tr.skipped_steps == 0
+    assert tr.history[-1]["amp_skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in tr.model.state_dict().values())
+
+
+def test_divergence_from_the_command_line_keeps_checkpoints_and_records_it(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    proc = run_cli([f"resume={run}", "trainer.epochs=3", "optimizer.lr=1e30"], tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "non-finite" in err[0] and "(epoch 2" in err[0], proc.stderr
+    assert "checkpoints keep epoch 1" in err[0]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "failed" and m["failed_step"] > 0 and m["epoch"] == 1
+    assert "non-finite" in m["error"]
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert state["epoch"] == 1
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
