@@ -110,3 +110,93 @@ def test_divergence_from_the_command_line_keeps_checkpoints_and_records_it(tmp_p
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert state["epoch"] == 1
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# -- crash and resume, one process per run directory ------------------------------------------
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def _start(args, cwd, prelude=""):
+    """The real command line in a subprocess; ``prelude`` runs first (fault injection)."""
+    code = f"{prelude}\nimport sys\nfrom vae_train.train import main\nsys.argv = ['vae_train', *{list(args)!r}]\nmain()\n"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for(predicate, proc, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended early:\n{proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    first = _start([*TINY, "trainer.epochs=500", f"hydra.run.dir={run}"], tmp_path)
+    try:
+        _wait_for(lambda: (run / "checkpoints" / "last.pt").is_file(), first)
+        assert json.loads((run / ".lock").read_text())["pid"] == first.pid
+        config = (run / ".hydra" / "config.yaml").read_bytes()
+        proc = run_cli([f"resume={run}", "trainer.epochs=2"], tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"is in use by process {first.pid}" in proc.stderr
+        assert (run / ".hydra" / "config.yaml").read_bytes() == config   # left as it was
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (run / ".lock").is_file()                 # a killed process cannot clean up...
+    done = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"]
+    proc = run_cli([f"resume={run}", f"trainer.epochs={done + 1}"], tmp_path)
+    assert "stale lock" in proc.stderr                # ...but its lock does not stay stuck
+    assert json.loads((run / "metrics.json").read_text())["epoch"] == done + 1
+    assert not (run / ".lock").exists()
+
+
+SLOW_SECOND_SAVE = """
+import time
+import vae_train.checkpoint as checkpoint
+_write, _calls = checkpoint.atomic_write, [0]
+def slow(path, write):
+    _calls[0] += 1
+    if _calls[0] == 2:      # epoch 2's last.pt: write the temporary file, then stall
+        with open(checkpoint.Path(path).with_name(".last.pt.tmp"), "wb") as f:
+            write(f)
+        open(checkpoint.Path(path).with_name("stalled"), "w").close()
+        time.sleep(60)
+    _write(path, write)
+checkpoint.atomic_write = slow
+"""
+
+
+def test_killed_while_writing_a_checkpoint_then_resumed_ends_like_an_uninterrupted_run(tmp_path):
+    full, crash = tmp_path / "full", tmp_path / "crash"
+    args = [*TINY, "trainer.epochs=3", "dataset.num_train=600"]
+    proc = _start([*args, f"hydra.run.dir={crash}"], tmp_path, prelude=SLOW_SECOND_SAVE)
+    try:
+        _wait_for(lambda: (crash / "checkpoints" / "stalled").is_file(), proc)
+        assert (crash / "checkpoints" / ".last.pt.tmp").stat().st_size > 1000
+        os.kill(proc.pid, signal.SIGKILL)      # in the middle of writing epoch 2's checkpoint
+    finally:
+        proc.wait()
+    state = torch.load(crash / "checkpoints" / "last.pt", weights_only=True)   # never unreadable
+    assert state["epoch"] == 1
+    run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
+    run_cli([f"resume={crash}"], tmp_path)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(crash / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crash))
+    assert ma["test_loss"] == mb["test_loss"] and ma["best_val_loss"] == mb["best_val_loss"]
+    assert [h["val_loss"] for h in ma["history"]] == [h["val_loss"] for h in mb["history"]]

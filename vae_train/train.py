@@ -24,6 +24,7 @@ from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
 from vae_train.errors import NonFiniteError, UserError
 from vae_train.files import write_json
+from vae_train.lock import RunLock
 from vae_train.logging import TBLogger
 from vae_train.losses import ELBO, SCHEDULE_TERMS, BetaVAE, ModelObjective
 from vae_train.pictures import figures, save_figures
@@ -188,6 +189,11 @@ def build(cfg: DictConfig, device: torch.device):
 
 
 def run(cfg: DictConfig) -> float:
+    with RunLock(HydraConfig.get().runtime.output_dir):   # one process per run directory
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> float:
     validate(cfg)
     if "root" in cfg.dataset:  # saved with the checkpoint: evaluate/sample work from anywhere
         with open_dict(cfg):
@@ -319,8 +325,9 @@ def main() -> None:
     # override, a checkpoint that does not fit) must not leave its config there.
     run_dir = next((_unquote(a.split("=", 1)[1]) for a in sys.argv
                     if a.startswith("hydra.run.dir=")), None)
+    # (Also for a second process pointed at a run directory in use: it must not change it.)
     saved = {}
-    if run_dir and any(_override_key(a) == "resume" for a in sys.argv[1:]):
+    if run_dir:
         saved = {f: f.read_bytes() for f in (Path(run_dir) / ".hydra").glob("*.yaml")}
     try:
         _hydra_main()
