@@ -200,3 +200,49 @@ def test_killed_while_writing_a_checkpoint_then_resumed_ends_like_an_uninterrupt
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crash))
     assert ma["test_loss"] == mb["test_loss"] and ma["best_val_loss"] == mb["best_val_loss"]
     assert [h["val_loss"] for h in ma["history"]] == [h["val_loss"] for h in mb["history"]]
+
+
+PAUSE_IN_EPOCH_2 = """
+import pathlib, time
+from vae_train.trainer import Trainer
+_step = Trainer.train_step
+def paused(self, x, y):
+    if self.step == self.steps_per_epoch + 3:   # the 4th step of epoch 2: wait for a signal
+        pathlib.Path(self.run_dir, "paused").touch()
+        for _ in range(600):
+            if self._stop_signal is not None:
+                break
+            time.sleep(0.05)
+    return _step(self, x, y)
+Trainer.train_step = paused
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(tmp_path, sig):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    args = [*TINY, "trainer.epochs=2", "dataset.num_train=600", "trainer.batch_size=60"]
+    proc = _start([*args, f"hydra.run.dir={stopped}"], tmp_path, prelude=PAUSE_IN_EPOCH_2)
+    try:
+        _wait_for(lambda: (stopped / "paused").is_file(), proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {sig.name} in epoch 2 after batch 4 of 9" in err   # it ends its step
+    assert f"resume={stopped}" in err and "Traceback" not in err
+    state = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial_epoch"]["batch"] == 4
+    assert not (stopped / ".lock").exists()                  # exited cleanly
+    proc = run_cli([f"resume={stopped}"], tmp_path)
+    assert "epoch 2/2" in proc.stderr and "epoch 1/2" not in proc.stderr
+    run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] and "partial_epoch" not in b
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, stopped))
+    assert ma["test_loss"] == mb["test_loss"]
+    assert ma["history"][-1]["train_loss"] == mb["history"][-1]["train_loss"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -102,6 +103,8 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time = 0.0
         self.train_images = 0
+        self._partial = None         # the rest of an epoch a signal stopped (from a checkpoint)
+        self._stop_signal = None
         self.skipped_steps = 0       # non-finite steps skipped (trainer.nonfinite=skip)
         self.amp_skipped_steps = 0   # fp16: steps the gradient scaler skipped (inf/NaN grads)
         self._epoch_examples = 0
@@ -121,25 +124,62 @@ class Trainer:
         self.model.train()
         bs = int(self.t.batch_size)
         n = len(self.data.train)
-        perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        partial, self._partial = self._partial, None
+        if partial is not None and partial["epoch"] != epoch:
+            partial = None
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        if partial is None:
+            perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+            first, before, self._epoch_examples = 0, 0.0, 0
+        else:   # the rest of an epoch that a signal stopped (see _stop_here)
+            perm = partial["perm"].to(self.device)
+            first, before = int(partial["batch"]), float(partial["seconds"])
+            self._epoch_examples = int(partial["examples"])
+            for k, v in partial["sums"].items():
+                sums[k] = v.to(self.device)
         stage = f" {self.stage}" if len(self.stages) > 1 else ""
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.total_epochs}{stage}",
-                   unit="batch", leave=False, dynamic_ncols=True,
+        bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False, unit="batch",
+                   desc=f"epoch {epoch}/{self.total_epochs}{stage}", dynamic_ncols=True,
                    disable=None if self.t.progress else True)
         start = time.perf_counter()
         try:
-            self._steps(perm, bs, sums, bar)
+            self._steps(epoch, perm, first, bs, sums, bar, start - before)
         finally:
             bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
         used = max(1, self._epoch_examples)          # examples of the steps not skipped
         means = {k: (v / used).item() for k, v in sums.items()}  # .item() waits for the device
-        seconds = time.perf_counter() - start
-        self.train_time += seconds
-        self.train_images += n
+        now = time.perf_counter()
+        seconds = now - start + before
+        self.train_time += now - start
+        self.train_images += n - first * bs
         means["seconds"] = seconds
         means["images_per_sec"] = n / seconds
         return means
+
+    # -- stopping on a signal -------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt   # a second Ctrl-C: stop now
+        self._stop_signal = signal.Signals(signum).name
+
+    def _stop_here(self, epoch: int, batch: int, perm, sums, epoch_start: float) -> None:
+        """After SIGINT/SIGTERM: save the position in the epoch into checkpoints/last.pt (the
+        permutation, the batch, the running sums and every RNG state), so a resume continues
+        with the next batch exactly as if nothing had happened; then exit."""
+        state = self.state_dict()
+        state["partial_epoch"] = {
+            "epoch": epoch, "batch": batch, "perm": perm.cpu(),
+            "sums": {k: v.detach().cpu() for k, v in sums.items()},
+            "examples": self._epoch_examples, "seconds": time.perf_counter() - epoch_start}
+        checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
+        self._exit_on_signal(f"in epoch {epoch} after batch {batch} of {self.steps_per_epoch}; "
+                             "checkpoints/last.pt holds that point")
+
+    def _exit_on_signal(self, where: str) -> None:
+        name = self._stop_signal
+        log.error("stopped by %s %s. Continue with: python -m vae_train resume=%s", name, where,
+                  self.run_dir)
+        raise SystemExit(128 + int(getattr(signal, name)))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
@@ -206,8 +246,10 @@ class Trainer:
             "trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
             step=self.step + 1, term=what)
 
-    def _steps(self, perm, bs, sums, bar) -> None:
-        for i in range(self.steps_per_epoch):
+    def _steps(self, epoch, perm, first, bs, sums, bar, epoch_start) -> None:
+        for i in range(first, self.steps_per_epoch):
+            if self._stop_signal is not None:
+                self._stop_here(epoch, i, perm, sums, epoch_start)
             idx = perm[i * bs:(i + 1) * bs]
             terms = self.train_step(*self.data.train_batch(idx))
             bar.update()
@@ -266,10 +308,21 @@ class Trainer:
         if self.epoch >= epochs and epochs > 0:
             log.info("already trained for %d epochs (trainer.epochs=%d); raise trainer.epochs "
                      "to train longer", self.epoch, epochs)
+        # SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) end the current step, save the
+        # position and exit; a second Ctrl-C stops at once.
+        self._stop_signal = None
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:   # not the main thread (a launcher's worker): default handling
+                pass
         try:
             for epoch in range(self.epoch + 1, epochs + 1):
                 self.enter_stage(epoch)
                 self._one_epoch(epoch)
+                if self._stop_signal is not None and epoch < epochs:
+                    self._exit_on_signal(f"after epoch {epoch}; checkpoints/last.pt holds it")
             self.enter_stage(self.epoch)
         except KeyboardInterrupt:
             if self.epoch == 0 and not (self.ckpt_dir / "last.pt").is_file():
@@ -280,6 +333,9 @@ class Trainer:
                           "with: python -m vae_train resume=%s", self.epoch + 1, self.epoch,
                           self.run_dir)
             raise SystemExit(130) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _one_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
@@ -375,6 +431,7 @@ class Trainer:
         self.history = list(state["history"])
         self.train_time, self.train_images = float(state["train_time"]), int(state["train_images"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._partial = state.get("partial_epoch")
         self.amp_skipped_steps = int(state.get("amp_skipped_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
