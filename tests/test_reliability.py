@@ -246,3 +246,44 @@ def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(t
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, stopped))
     assert ma["test_loss"] == mb["test_loss"]
     assert ma["history"][-1]["train_loss"] == mb["history"][-1]["train_loss"]
+
+
+# -- checkpoints from strangers, data, where files go ------------------------------------------
+def test_a_code_running_checkpoint_is_refused_by_resume_evaluate_and_sample(tmp_path, call):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "vae-train-checkpoint/1", "model": Evil()}, evil)
+    proc = run_cli([f"resume={evil}"], tmp_path, check=False)
+    assert proc.returncode == 2 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+    for module in ("vae_train.evaluate", "vae_train.sample"):
+        res = call(module, [f"run={run}", f"checkpoint={evil}", "n=10"], check=False)
+        assert res.returncode == 2 and "could run code" in res.stderr, res.stderr
+    assert not marker.exists()                      # the code never ran
+
+
+def test_a_checkpoint_of_another_model_names_the_mismatch(tmp_path, call):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    other = tmp_path / "other"
+    run_cli([*TINY, "trainer.epochs=1", "model=cvae", f"hydra.run.dir={other}"], tmp_path)
+    res = call("vae_train.evaluate", [f"run={run}", f"checkpoint={other}/checkpoints/last.pt",
+                                      "n=10"], check=False)
+    assert res.returncode == 2 and "holds a different model" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()[-1]) < 400      # one line, not every key
+
+
+def test_a_run_writes_only_inside_its_run_directory(tmp_path):
+    before = {p for p in tmp_path.rglob("*")}
+    run_cli([*TINY, "trainer.epochs=1"], tmp_path)
+    new = [p for p in tmp_path.rglob("*") if p not in before and p.is_file()]
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1 and new
+    outside = [p for p in new if runs[0] not in p.parents]
+    assert outside == [], outside

@@ -101,6 +101,13 @@ def load_run(run: str, which: str = "best", device: str = "auto",
             raise UserError(f"run={run}: no checkpoint {ckpt}; train the run first "
                             "(or pick one with checkpoint=best|last|PATH)")
     state = checkpoint.load(ckpt)
+    run_target = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
+                                  "model._target_", default=None) \
+        if (run_dir / ".hydra" / "config.yaml").is_file() else None
+    if run_target and state.get("model_target") and state["model_target"] != run_target:
+        raise UserError(f"checkpoint {ckpt} holds a different model ({state['model_target']}) "
+                        f"than run {run} ({run_target}); give the checkpoint's own run "
+                        "directory as run=")
     # The config saved with the weights is the one that built them (a later, failed resume
     # may have rewritten .hydra/config.yaml).
     cfg = OmegaConf.create(state["config"]) if "config" in state else \
