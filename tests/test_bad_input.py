@@ -23,6 +23,9 @@ BAD = [
     (["trainer.nonfinite=maybe"], "trainer.nonfinite='maybe' is invalid"),
     (["loss.sigma=0"], "loss.sigma=0 is invalid"),
     (["optimizer.lr_schedule.gamma=2"], "optimizer.lr_schedule.gamma=2 is invalid"),
+    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] is invalid"),
+    (["model=vqvae", "model.num_codes=1"], "model.num_codes=1 is invalid"),
+    (["model=gumbel_vae", "model.tau0=0"], "model.tau0=0 is invalid"),
     # unknown keys and options
     (["trainer.epoch=3"], "trainer.epoch"),
     (["device=tpu"], "device/tpu"),

@@ -148,3 +148,33 @@ def test_validation_names_the_key(override, key):
     with pytest.raises(UserError, match=f"^{key}="):
         validate(cfg)
     validate(compose_cfg())  # the defaults pass
+
+
+# Numeric settings that need no range check (any integer seed is fine).
+UNCHECKED = set()
+
+
+def _numeric_leaves(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numeric_leaves(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, (int, float, list)) and not isinstance(node, bool):
+        yield path
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "loss", "optimizer", "device"])
+def test_every_numeric_option_of_every_group_is_checked_before_data_is_read(group):
+    """Each number (or list of numbers) any option of the group sets has a check in
+    config.CHECKS, which runs on the composed config before any data is loaded."""
+    from omegaconf import OmegaConf
+
+    from vae_train.config import CHECKS, OWN_CHECKS
+
+    checked = {key for key, _, _ in CHECKS}
+    for option in options(group):
+        cfg = OmegaConf.to_container(compose_cfg([f"{group}={option}"]), resolve=True)
+        own = set(OWN_CHECKS.get(cfg["dataset"]["name"], ()))
+        missing = [p for p in _numeric_leaves(cfg)
+                   if p not in checked | own | UNCHECKED and not p.startswith("hydra")]
+        assert not missing, f"{group}={option}: no range check for {missing}"
+        validate(compose_cfg([f"{group}={option}"]))       # and the defaults pass them
