@@ -170,3 +170,11 @@ def test_val_split_and_binarization():
     assert torch.equal(s1, st.train_batch(torch.arange(50))[0])
     with pytest.raises(UserError, match="val_size"):
         DataModule(data, torch.device("cpu"), "none", 500)
+
+
+def test_more_images_than_labels_is_refused_with_the_folder(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_like(raw, 50, 20)
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(40, dtype=np.uint8))
+    with pytest.raises(UserError, match=f"{raw}: train split has 50 images but 40 labels"):
+        load_image_data(ds_cfg(root=str(tmp_path)))
