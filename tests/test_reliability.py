@@ -178,26 +178,39 @@ checkpoint.atomic_write = slow
 """
 
 
-def test_killed_while_writing_a_checkpoint_then_resumed_ends_like_an_uninterrupted_run(tmp_path):
-    full, crash = tmp_path / "full", tmp_path / "crash"
-    args = [*TINY, "trainer.epochs=3", "dataset.num_train=600"]
-    proc = _start([*args, f"hydra.run.dir={crash}"], tmp_path, prelude=SLOW_SECOND_SAVE)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same 3-epoch run, never stopped."""
+    base = tmp_path_factory.mktemp("full")
+    run_cli([*KILL_ARGS, f"hydra.run.dir={base / 'run'}"], base)
+    return base / "run"
+
+
+KILL_ARGS = [*TINY, "trainer.epochs=3", "dataset.num_train=600", "trainer.batch_size=60"]
+
+
+@pytest.mark.parametrize("when", ["writing a checkpoint", "in an epoch"])
+def test_killed_then_resumed_ends_like_an_uninterrupted_run(tmp_path, uninterrupted, when):
+    crash = tmp_path / "crash"
+    prelude, marker = ((SLOW_SECOND_SAVE, crash / "checkpoints" / "stalled")
+                       if when == "writing a checkpoint" else (PAUSE_IN_EPOCH_2, crash / "paused"))
+    proc = _start([*KILL_ARGS, f"hydra.run.dir={crash}"], tmp_path, prelude=prelude)
     try:
-        _wait_for(lambda: (crash / "checkpoints" / "stalled").is_file(), proc)
-        assert (crash / "checkpoints" / ".last.pt.tmp").stat().st_size > 1000
-        os.kill(proc.pid, signal.SIGKILL)      # in the middle of writing epoch 2's checkpoint
+        _wait_for(marker.is_file, proc)
+        if when == "writing a checkpoint":
+            assert (crash / "checkpoints" / ".last.pt.tmp").stat().st_size > 1000
+        os.kill(proc.pid, signal.SIGKILL)      # epoch 2: mid-checkpoint, or mid-epoch
     finally:
         proc.wait()
     state = torch.load(crash / "checkpoints" / "last.pt", weights_only=True)   # never unreadable
     assert state["epoch"] == 1
-    run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
     run_cli([f"resume={crash}"], tmp_path)
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(crash / "checkpoints" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crash))
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (uninterrupted, crash))
     assert ma["test_loss"] == mb["test_loss"] and ma["best_val_loss"] == mb["best_val_loss"]
     assert [h["val_loss"] for h in ma["history"]] == [h["val_loss"] for h in mb["history"]]
 
