@@ -2,6 +2,7 @@
 a non-zero exit, one line that names the key or path, no traceback, and no run directory that
 looks like a finished run."""
 
+import logging
 import sys
 
 import pytest
@@ -49,6 +50,22 @@ BAD = [
     (["resume=EMPTY"], "no such file or directory"),
     (["launcher=joblib"], "launcher=joblib"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Hydra configures logging in this process (handlers on pytest's captured streams):
+    put every logger back as it was, so later tests do not log into closed files."""
+    loggers = [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                               if isinstance(lg, logging.Logger))]
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    yield
+    for lg in [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                               if isinstance(lg, logging.Logger))]:
+        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])

@@ -126,7 +126,7 @@ BAD = [
     (["model.latent_dimm=3"], "model.latent_dimm"),
     (["loss=iwae", "+loss.beta=2"], "unexpected keyword argument 'beta'"),
     (["loss=beta_vae", "loss.capacity=true", "loss.free_bits=1"], "free_bits does not combine"),
-    (["optimizer=adamw", "optimizer.betas=[0.9]"], "optimizer=torch.optim.AdamW cannot be built"),
+    (["optimizer=adamw", "+optimizer.momentum=0.9"], "optimizer=torch.optim.AdamW cannot be built"),
     (["optimizer.lr=inf"], "optimizer.lr"),
     (["dataset=mnist", "dataset.root=DATA", "dataset.download=false"], "MNIST not found"),
 ]
