@@ -114,24 +114,12 @@ def test_sweep_writes_one_run_per_combination(tmp_path):
     assert m["epoch"] == 2 and len(m["history"]) == 2
 
 
+# Every kind of bad input is tried in-process in test_bad_input.py; two go through a real
+# interpreter here, to prove the process itself ends in one line, not a traceback.
 BAD = [
-    (["model=nope"], "model"),
     (["model.latent_dim=0"], "model.latent_dim"),
-    (["loss.beta=-1"], "loss.beta"),
-    (["optimizer.lr=0"], "optimizer.lr"),
-    (["trainer.batch_size=0"], "trainer.batch_size"),
-    (["trainer.epochs=-1"], "trainer.epochs"),
-    (["device.precision=8"], "device.precision"),
-    (["resume=does/not/exist"], "resume=does/not/exist"),
-    (["model.latent_dimm=3"], "model.latent_dimm"),
-    (["loss=iwae", "+loss.beta=2"], "unexpected keyword argument 'beta'"),
-    (["loss=beta_vae", "loss.capacity=true", "loss.free_bits=1"], "free_bits does not combine"),
-    (["optimizer=adamw", "+optimizer.momentum=0.9"], "optimizer=torch.optim.AdamW cannot be built"),
-    (["optimizer.lr=inf"], "optimizer.lr"),
     (["dataset=mnist", "dataset.root=DATA", "dataset.download=false"], "MNIST not found"),
 ]
-if not torch.cuda.is_available():
-    BAD.append((["device=cuda"], "device=cuda"))
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
