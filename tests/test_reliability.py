@@ -231,10 +231,19 @@ Trainer.train_step = paused
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(tmp_path, sig):
+VQ_TWO_STAGES = ["model=vqvae", "trainer.epochs=1", "model.prior_epochs=1", "model.channels=[8,8]",
+                 "model.code_dim=4", "model.num_codes=8", "model.prior_channels=8",
+                 "model.prior_layers=1"]
+
+
+@pytest.mark.parametrize("sig,model", [(signal.SIGTERM, ["trainer.epochs=2"]),
+                                       (signal.SIGINT, ["trainer.epochs=2"]),
+                                       (signal.SIGTERM, VQ_TWO_STAGES)],   # first prior epoch
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-vqvae-stage-2"])
+def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(tmp_path, sig,
+                                                                               model):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    args = [*TINY, "trainer.epochs=2", "dataset.num_train=600", "trainer.batch_size=60"]
+    args = [*TINY, *model, "dataset.num_train=600", "trainer.batch_size=60"]
     proc = _start([*args, f"hydra.run.dir={stopped}"], tmp_path, prelude=PAUSE_IN_EPOCH_2)
     try:
         _wait_for(lambda: (stopped / "paused").is_file(), proc)
@@ -300,3 +309,25 @@ def test_a_run_writes_only_inside_its_run_directory(tmp_path):
     assert len(runs) == 1 and new
     outside = [p for p in new if runs[0] not in p.parents]
     assert outside == [], outside
+
+
+def test_skip_in_a_later_phase_with_fp16_keeps_the_scaler_consistent(tmp_path):
+    """AAE, three phases per step: a NaN in the generator phase after two optimizers stepped;
+    the next steps must run (the scaler's iteration is closed) and training finishes."""
+    tr = make_trainer([*SMALL, "model=aae", "trainer.epochs=1", "trainer.nonfinite=skip"],
+                      tmp_path)
+    tr.amp_dtype = torch.float16
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, enabled=True)
+    forward, calls = tr.objective.forward, {"n": 0}
+
+    def poisoned(model, x, y=None, step=None, train=True, phase=None):
+        terms = forward(model, x, y, step=step, train=train, phase=phase)
+        if phase == "generator":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                terms["loss"] = terms["loss"] * math.nan
+        return terms
+
+    tr.objective.forward = poisoned
+    tr.fit()
+    assert tr.skipped_steps == 1 and tr.epoch == 1 and tr.step == tr.steps_per_epoch - 1

@@ -53,10 +53,15 @@ class RunLock:
                 pid, host = owner.get("pid"), owner.get("host")
                 if not owner:
                     # being written this instant, or garbage: give a writer a moment
-                    if time.time() - self.path.stat().st_mtime < 5:
+                    try:
+                        fresh = time.time() - self.path.stat().st_mtime < 5
+                    except FileNotFoundError:   # released meanwhile: try again
+                        continue
+                    if fresh:
                         time.sleep(0.5)
                         continue
-                elif host == me["host"] and isinstance(pid, int) and _alive(pid):
+                elif (host == me["host"] and isinstance(pid, int) and pid != me["pid"]
+                      and _alive(pid)):
                     raise UserError(
                         f"run directory {self.path.parent} is in use by process {pid} (since "
                         f"{owner.get('started')}); wait for it to finish, or stop it first")
@@ -65,12 +70,28 @@ class RunLock:
                         f"run directory {self.path.parent} is locked by process {pid} on host "
                         f"{host} (since {owner.get('started')}); if that process is gone, "
                         f"delete {self.path}")
+                # Take it over by renaming it aside (only one process can rename that file);
+                # if what was renamed is not the dead owner's lock, another process took
+                # over first: put its lock back and look again.
+                aside = self.path.with_name(f".lock.stale.{me['pid']}")
+                try:
+                    os.rename(self.path, aside)
+                except FileNotFoundError:
+                    continue
+                try:
+                    moved = json.loads(aside.read_text())
+                except (OSError, ValueError):
+                    moved = {}
+                if moved.get("pid") != pid or moved.get("started") != owner.get("started"):
+                    try:
+                        os.link(aside, self.path)   # fails if a lock exists again: keep that
+                    except FileExistsError:
+                        pass
+                    aside.unlink(missing_ok=True)
+                    continue
+                aside.unlink(missing_ok=True)
                 log.warning("taking over the stale lock of process %s, which is no longer "
                             "running (%s)", pid, self.path)
-                try:
-                    self.path.unlink()
-                except FileNotFoundError:
-                    pass
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)

@@ -104,6 +104,8 @@ class Trainer:
         self.train_time = 0.0
         self.train_images = 0
         self._partial = None         # the rest of an epoch a signal stopped (from a checkpoint)
+        self._stepped = False
+        self._session = (time.perf_counter(), 0)
         self._stop_signal = None
         self.skipped_steps = 0       # non-finite steps skipped (trainer.nonfinite=skip)
         self.amp_skipped_steps = 0   # fp16: steps the gradient scaler skipped (inf/NaN grads)
@@ -142,6 +144,7 @@ class Trainer:
                    desc=f"epoch {epoch}/{self.total_epochs}{stage}", dynamic_ncols=True,
                    disable=None if self.t.progress else True)
         start = time.perf_counter()
+        self._session = (start, first)   # for the time and images of a session a signal ends
         try:
             self._steps(epoch, perm, first, bs, sums, bar, start - before)
         finally:
@@ -166,6 +169,9 @@ class Trainer:
         """After SIGINT/SIGTERM: save the position in the epoch into checkpoints/last.pt (the
         permutation, the batch, the running sums and every RNG state), so a resume continues
         with the next batch exactly as if nothing had happened; then exit."""
+        session_start, session_first = self._session
+        self.train_time += time.perf_counter() - session_start
+        self.train_images += (batch - session_first) * int(self.t.batch_size)
         state = self.state_dict()
         state["partial_epoch"] = {
             "epoch": epoch, "batch": batch, "perm": perm.cpu(),
@@ -184,11 +190,13 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
         ``loss`` is the first phase's (the run's headline loss). A non-finite loss term or
-        gradient stops the run (``trainer.nonfinite=stop``) or skips the step (``skip``:
-        nothing is updated, None is returned)."""
+        gradient stops the run (``trainer.nonfinite=stop``) or skips the step (``skip``: None
+        is returned; the step counter and schedules do not move, and the phases before the
+        non-finite one keep their update)."""
         clip = self.t.grad_clip
         merged: dict[str, torch.Tensor] = {}
         fp16 = self.scaler.is_enabled()
+        self._stepped = False   # whether a phase of this batch has stepped its optimizer
         for name in self.phases:
             with self.autocast():
                 terms = self.objective(self.model, x, y, step=self.step, phase=name)
@@ -209,6 +217,7 @@ class Trainer:
             elif clip:
                 torch.nn.utils.clip_grad_norm_(self.group_params[name], float(clip))
             self.scaler.step(opt)
+            self._stepped = True
             merged.update(terms if not merged else {k: v for k, v in terms.items() if k != "loss"})
         if fp16:
             scale = self.scaler.get_scale()
@@ -227,6 +236,8 @@ class Trainer:
         """Stop with a message naming the step and the term, or skip the step."""
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled() and self._stepped:
+            self.scaler.update()   # an earlier phase stepped: close the scaler's iteration
         values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
         where = f"step {self.step + 1} (epoch {self.epoch + 1}" + \
             (f", phase {phase})" if len(self.phases) > 1 else ")")
@@ -284,8 +295,9 @@ class Trainer:
                 return i
         return len(self.stages) - 1
 
-    def enter_stage(self, epoch: int) -> None:
-        """Set the stage of ``epoch``; its first epoch starts from the previous stage's best
+    def enter_stage(self, epoch: int, starting: bool = True) -> None:
+        """Set the stage of ``epoch``. When ``starting`` the stage's first epoch (not one
+        already begun before a signal stopped it) starts from the previous stage's best
         weights, and the best validation loss is tracked afresh (losses of different stages
         measure different things)."""
         i = self.stage_index(max(epoch, 1))
@@ -296,7 +308,8 @@ class Trainer:
             for group, base in zip(opt.param_groups, sched.base_lrs):
                 group["lr"] = base * self.lr_factor(sched.last_epoch)
         first = sum(e for _, e, _ in self.stages[:i]) + 1
-        if i > 0 and epoch == first:
+        resumed_inside = self._partial is not None and self._partial["epoch"] == epoch
+        if i > 0 and epoch == first and starting and not resumed_inside:
             log.info("stage %r: epochs %d-%d, starting from the best weights of stage %r "
                      "(epoch %d)", self.stage, first, first + self.stages[i][1] - 1,
                      self.stages[i - 1][0], self.best_epoch)
@@ -323,7 +336,7 @@ class Trainer:
                 self._one_epoch(epoch)
                 if self._stop_signal is not None and epoch < epochs:
                     self._exit_on_signal(f"after epoch {epoch}; checkpoints/last.pt holds it")
-            self.enter_stage(self.epoch)
+            self.enter_stage(self.epoch, starting=False)
         except KeyboardInterrupt:
             if self.epoch == 0 and not (self.ckpt_dir / "last.pt").is_file():
                 log.error("interrupted in epoch 1, before the first checkpoint; start the run "
@@ -335,7 +348,8 @@ class Trainer:
             raise SystemExit(130) from None
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:   # None: installed from C, cannot be put back
+                    signal.signal(sig, handler)
 
     def _one_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
@@ -343,11 +357,11 @@ class Trainer:
         if not math.isfinite(train.get("loss", math.nan)):   # (no loss: every step skipped)
             kept = (f"checkpoints keep epoch {self.epoch}" if self.epoch
                     else "no checkpoint was written")
-            raise UserError(
+            raise NonFiniteError(
                 f"training diverged: the mean train loss of epoch {epoch} is "
                 f"{train.get('loss', 'undefined (every step skipped)')} "
                 f"(recon {train.get('recon')}, kl {train.get('kl')}); {kept}. "
-                "Lower optimizer.lr or set trainer.grad_clip")
+                "Lower optimizer.lr or set trainer.grad_clip", step=self.step, term="loss")
         val = self.evaluate(self.data.val)
         improved = val["loss"] < self.best_val
         if improved:
