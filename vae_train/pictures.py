@@ -99,6 +99,11 @@ def interpolations(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
     return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 2, pad_value=0.5)
 
 
+def pil_to_tensor(img) -> torch.Tensor:
+    """A PIL RGB image as a (3, H, W) float tensor in [0, 1] (what the grids are)."""
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+
 # Ten distinguishable colours (one per class), as RGB.
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -127,7 +132,7 @@ def latent_scatter(codes: torch.Tensor, labels: torch.Tensor | None,
                 PALETTE[c % len(PALETTE)]
             x0, y0 = float(px[i]), float(py[i])
             draw.ellipse([x0 - 1.5, y0 - 1.5, x0 + 1.5, y0 + 1.5], fill=colour)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+    return pil_to_tensor(img)
 
 
 def default_figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:

@@ -80,10 +80,9 @@ def collect(sweep: Path) -> list[dict]:
             rec["status"] = "ok"
             rec["metrics"].update({k: v for k, v in metrics.items()
                                    if k not in NOT_METRICS and _is_scalar(v)})
-            for name in ("eval.json",):
-                ev = _read_json(run_dir / name) or {}
-                rec["metrics"].update({f"eval_{k}": v for k, v in ev.items() if _is_scalar(v)
-                                       and k not in ("n", "seconds", "epoch", "k")})
+            ev = _read_json(run_dir / "eval.json") or {}
+            rec["metrics"].update({f"eval_{k}": v for k, v in ev.items() if _is_scalar(v)
+                                   and k not in ("n", "seconds", "epoch", "k")})
         elif failed is not None:
             rec["status"], rec["error"] = "failed", str(failed.get("error", "")).splitlines()[0]
         else:

@@ -36,7 +36,6 @@ probabilities; a class entry is active when its probability varies across images
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 
 import torch
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
+from vae_train.config import _is_int, _is_num
 from vae_train.errors import UserError
 from vae_train.losses import BernoulliLikelihood
 from vae_train.nets import mlp
@@ -53,14 +53,6 @@ from vae_train.pictures import prior_samples, reconstruction_grid
 def _check(ok: bool, key: str, value, what: str) -> None:
     if not ok:
         raise UserError(f"model.{key}={value!r} is invalid: it must be {what}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def gumbel_noise(shape, like: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,11 @@ import logging
 import math
 import sys
 
-import numpy as np
 import torch
 
 from vae_train.errors import UserError
 from vae_train.models.base import GaussianVAE
+from vae_train.pictures import default_figures, pil_to_tensor
 from vae_train.nets.rnn import (CELLS, SequenceDecoder, SequenceEncoder, from_sequence,
                                 to_sequence)
 
@@ -69,7 +69,7 @@ def plot_panels(panels: list, cols: int | None = None, size: tuple | None = None
             ys = y0 + pad + (hi - v.clamp(lo, hi)) / (hi - lo) * (h - 1 - 2 * pad)
             for f in range(v.shape[1]):
                 draw.line(list(zip(xs.tolist(), ys[:, f].tolist())), fill=colour, width=1)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+    return pil_to_tensor(img)
 
 
 class RNNVAE(GaussianVAE):
@@ -154,7 +154,6 @@ class RNNVAE(GaussianVAE):
 
     def figures(self, x, y, n, seed=0) -> dict:
         if not self.is_sequence:
-            from vae_train.pictures import default_figures
             return default_figures(self, x, y, n, seed)
         return {"reconstructions": self.reconstruction_plots(x[:n]),
                 "samples": self.sample_plots(n, seed)}

@@ -99,15 +99,8 @@ class VQVAE(nn.Module):
                  prior_channels: int = 64, prior_layers: int = 6, activation: str = "relu",
                  num_classes: int = 0, likelihood=None):
         super().__init__()
-        for key, value, low in (("num_codes", num_codes, 2), ("code_dim", code_dim, 1),
-                                ("prior_channels", prior_channels, 1),
-                                ("prior_layers", prior_layers, 0), ("prior_epochs", prior_epochs, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"model.{key}={value!r} is invalid: it must be an integer >= {low}")
-        if not 0 < float(decay) < 1:
-            raise UserError(f"model.decay={decay} is invalid: it must be in (0, 1)")
-        if float(commitment) < 0 or float(restart_threshold) < 0:
-            raise UserError("model.commitment and model.restart_threshold must be >= 0")
+        # Values are range-checked with the rest of the config (config.CHECKS), before any
+        # data is read.
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
         self.num_codes, self.code_dim = int(num_codes), int(code_dim)
