@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vae_train import launchers
+from vae_train import distributed, launchers
 from vae_train.config import resolve_device, validate
 from vae_train.data import DataModule, load_image_data
 from vae_train.errors import NonFiniteError, UserError
@@ -28,7 +28,7 @@ from vae_train.lock import RunLock
 from vae_train.logging import TBLogger
 from vae_train.losses import ELBO, SCHEDULE_TERMS, BetaVAE, ModelObjective
 from vae_train.pictures import figures, save_figures
-from vae_train.trainer import Trainer
+from vae_train.trainer import Trainer, wants_channels_last
 
 log = logging.getLogger("vae_train")
 
@@ -165,7 +165,8 @@ def _instantiate(node, group: str, **kwargs):
 
 def build(cfg: DictConfig, device: torch.device):
     """Data, objective and model for a config (shapes and class counts from the data)."""
-    data = load_image_data(cfg.dataset)
+    with distributed.rank0_first():   # several processes: one downloads/renders, then the rest
+        data = load_image_data(cfg.dataset)
     dm = DataModule(data, device, cfg.dataset.binarize, cfg.dataset.val_size,
                     cfg.dataset.split_seed, cfg.dataset.binarize_seed)
     dm.labeled = cfg.dataset.get("labeled")  # semi-supervised models read it in bind()
@@ -189,8 +190,23 @@ def build(cfg: DictConfig, device: torch.device):
 
 
 def run(cfg: DictConfig) -> float:
-    with RunLock(HydraConfig.get().runtime.output_dir):   # one process per run directory
+    if distributed.init() and not distributed.is_main():   # (torchrun: already in main())
+        distributed.quiet_worker_logging()
+    # One process per run directory; of several processes, rank 0 holds the lock for all.
+    lock = RunLock(HydraConfig.get().runtime.output_dir) if distributed.is_main() else None
+    refused = None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except UserError as e:
+        refused = e
+    if distributed.any_true(refused is not None)[0]:   # every rank stops, rank 0 says why
+        raise refused if refused is not None else SystemExit(2)
+    try:
         return _run(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _run(cfg: DictConfig) -> float:
@@ -200,14 +216,24 @@ def _run(cfg: DictConfig) -> float:
             cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device, amp_dtype = resolve_device(cfg.device)
+    device = distributed.place(device)   # several processes: cuda:<local rank>
+    main_rank, world = distributed.is_main(), distributed.world_size()
     torch.manual_seed(int(cfg.seed))
     dm, objective, model = build(cfg, device)
+    if wants_channels_last(cfg.device.channels_last, model, device):
+        model.to(memory_format=torch.channels_last)   # conv kernels' preferred layout on GPUs
+        dm.memory_format = torch.channels_last
+    if not main_rank:   # the same initial weights on every rank, but each its own noise
+        torch.manual_seed(int(cfg.seed) * 1000 + distributed.rank())
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s on %s %s (train %d, val %d, test %d), %s parameters, %s, precision %s",
              type(model).__name__, dm.name, "x".join(map(str, dm.shape)), len(dm.train),
              len(dm.val), len(dm.test), f"{n_params:,}", device, cfg.device.precision)
+    if world > 1:
+        log.info("data-parallel over %d processes: %d examples per process and step, %d per "
+                 "step in all", world, cfg.trainer.batch_size, world * cfg.trainer.batch_size)
     log.info("run directory: %s", run_dir)
-    tb = TBLogger(run_dir)
+    tb = TBLogger(run_dir, enabled=main_rank)   # rank 0 alone writes the run directory
     try:
         trainer = Trainer(cfg, model, objective, dm, device, amp_dtype, run_dir, tb)
         trainer.overrides = [o for o in HydraConfig.get().overrides.task
@@ -217,6 +243,8 @@ def _run(cfg: DictConfig) -> float:
         try:
             trainer.fit()
         except NonFiniteError as e:   # the failure, where and what, for the user and the report
+            if not main_rank:
+                raise
             write_json(run_dir / "metrics.json", {
                 "status": "failed", "error": str(e), "failed_step": e.step, "failed_term": e.term,
                 "epoch": trainer.epoch, "steps": trainer.step,
@@ -234,9 +262,11 @@ def _run(cfg: DictConfig) -> float:
             "skipped_steps": trainer.skipped_steps,
             "amp_skipped_steps": trainer.amp_skipped_steps,
             "num_params": n_params, "device": str(device),
-            "precision": str(cfg.device.precision),
+            "precision": str(cfg.device.precision), "processes": world,
             "history": trainer.history,
         }
+        if not main_rank:
+            return float(metrics["test_loss"])
         write_json(run_dir / "metrics.json", metrics)
         figs = figures(model, trainer.fig_x, trainer.fig_y, len(trainer.fig_x), seed=int(cfg.seed))
         save_figures(figs, run_dir)
@@ -267,6 +297,8 @@ def _record_failure(exc: BaseException) -> float:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    if not distributed.is_main():   # several processes in one job: rank 0 records it
+        return math.nan
     reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     record = {"status": "failed", "error": reason, "overrides": list(hc.overrides.task)}
     if not isinstance(exc, UserError):
@@ -314,20 +346,45 @@ def _hydra_main(cfg: DictConfig) -> float:
         raise
 
 
+def _join_processes(argv: list[str]) -> list[str]:
+    """Started by torchrun or srun: join the process group, agree on one run directory (rank
+    0's clock for Hydra's ``${now:}``), and keep ranks 1.. from writing into it."""
+    if not distributed.wanted():
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise UserError("torchrun/srun run one training run over several processes; a sweep "
+                        "(-m) is started once, without torchrun (see README \"Several GPUs\")")
+    try:
+        distributed.init()
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"cannot join the other processes: {str(e).splitlines()[0]}") from None
+    distributed.fix_hydra_now(distributed.same_time())
+    if distributed.is_main():
+        return argv
+    return [*argv, "hydra.output_subdir=null", "hydra/job_logging=vae_worker"]
+
+
 def main() -> None:
     try:
         launchers.check(sys.argv[1:])
-        sys.argv = [sys.argv[0], *sweep_argv(resume_argv(sys.argv[1:]))]
+        sys.argv = [sys.argv[0], *_join_processes(sweep_argv(resume_argv(sys.argv[1:])))]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    try:
+        _main()
+    finally:
+        distributed.close()
+
+
+def _main() -> None:
     # Hydra rewrites <run>/.hydra/ before the run checks anything: a resume that fails (a bad
     # override, a checkpoint that does not fit) must not leave its config there.
     run_dir = next((_unquote(a.split("=", 1)[1]) for a in sys.argv
                     if a.startswith("hydra.run.dir=")), None)
     # (Also for a second process pointed at a run directory in use: it must not change it.)
     saved = {}
-    if run_dir:
+    if run_dir and distributed.is_main():
         saved = {f: f.read_bytes() for f in (Path(run_dir) / ".hydra").glob("*.yaml")}
     try:
         _hydra_main()

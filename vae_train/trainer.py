@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from vae_train import checkpoint
+from vae_train import checkpoint, distributed
 from vae_train.data import DataModule, Split
 from vae_train.errors import NonFiniteError, UserError, first_line
 from vae_train.files import atomic_copy
@@ -49,6 +49,49 @@ def lr_factor_fn(sched_cfg, steps_per_epoch: int, total_steps: int):
     return factor
 
 
+class _Forward(torch.nn.Module):
+    """The training forward pass as one module call: ``DistributedDataParallel`` and
+    ``torch.compile`` wrap this (a model's ``infer``/``loss_terms`` are not ``forward``)."""
+
+    def __init__(self, model: torch.nn.Module, objective: torch.nn.Module):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, x, y, step: int, phase: str):
+        return self.objective(self.model, x, y, step=step, phase=phase)
+
+
+class _CompiledOrEager:
+    """``torch.compile`` of the training forward pass; where it cannot compile (no C++
+    compiler, an unsupported platform or operation) one warning, then the eager module."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.eager, self.compiled = module, None
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as e:  # noqa: BLE001 - torch.compile unsupported on this platform
+            self._fall_back(e)
+
+    def _fall_back(self, e: BaseException) -> None:
+        self.compiled = None
+        log.warning("device.compile=true: torch.compile cannot compile this model here (%s: "
+                    "%s); training goes on without it", type(e).__name__, first_line(e))
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 - a compiler failure, not the model's
+                self._fall_back(e)   # (a real error in the model is raised again below)
+        return self.eager(*args)
+
+
+def wants_channels_last(cfg_value, model: torch.nn.Module, device: torch.device) -> bool:
+    """``device.channels_last``: auto means conv models on CUDA (tensor cores prefer it)."""
+    convs = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return convs and (cfg_value is True or (cfg_value == "auto" and device.type == "cuda"))
+
+
 class Trainer:
     def __init__(self, cfg, model: torch.nn.Module, objective: torch.nn.Module, data: DataModule,
                  device: torch.device, amp_dtype: torch.dtype | None, run_dir: Path,
@@ -58,8 +101,19 @@ class Trainer:
         self.device, self.amp_dtype = device, amp_dtype
         self.run_dir, self.tb = Path(run_dir), tb
         self.ckpt_dir = self.run_dir / "checkpoints"
+        # Data-parallel (torchrun): each optimizer step takes one global batch of
+        # world x trainer.batch_size examples, every rank its contiguous share of it.
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.global_batch = int(self.t.batch_size) * self.world
         n = len(data.train)
-        self.steps_per_epoch = math.ceil(n / self.t.batch_size)
+        for split, size in (("training", n), ("validation", len(data.val)),
+                            ("test", len(data.test))):
+            if size < self.world:
+                raise UserError(f"the {split} split has {size} examples, fewer than the "
+                                f"{self.world} processes; use fewer processes or more data")
+        self.steps_per_epoch = math.ceil(n / self.global_batch)
+        if 0 < n % self.global_batch < self.world:   # a last share would be empty: dropped
+            self.steps_per_epoch -= 1
 
         opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
         sched_cfg = opt_cfg.pop("lr_schedule")
@@ -93,6 +147,20 @@ class Trainer:
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[name],
                                                                       self.lr_factor)
         self.optimizer = next(iter(self.optimizers.values()))  # the first (or only) group's
+        self.forward = _Forward(model, objective)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Models whose phases or stages leave some parameters without a gradient in a
+            # step (aae, vqvae) need DDP to look for them.
+            several = len(self.group_params) > 1 or len(self.stages) > 1
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=several)
+        if cfg.device.get("compile", False):
+            self.forward = _CompiledOrEager(self.forward)
+        self._agreed_stop = False    # several processes: a signal seen by any rank
+        self._grad_weight = 1.0
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.shuffle_gen = torch.Generator().manual_seed(int(cfg.seed))
 
@@ -124,7 +192,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
-        bs = int(self.t.batch_size)
+        bs = self.global_batch
         n = len(self.data.train)
         partial, self._partial = self._partial, None
         if partial is not None and partial["epoch"] != epoch:
@@ -136,8 +204,9 @@ class Trainer:
         else:   # the rest of an epoch that a signal stopped (see _stop_here)
             perm = partial["perm"].to(self.device)
             first, before = int(partial["batch"]), float(partial["seconds"])
-            self._epoch_examples = int(partial["examples"])
-            for k, v in partial["sums"].items():
+            own = partial.get("ranks", [partial])[self.rank]
+            self._epoch_examples = int(own["examples"])
+            for k, v in own["sums"].items():
                 sums[k] = v.to(self.device)
         stage = f" {self.stage}" if len(self.stages) > 1 else ""
         bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False, unit="batch",
@@ -146,15 +215,16 @@ class Trainer:
         start = time.perf_counter()
         self._session = (start, first)   # for the time and images of a session a signal ends
         try:
-            self._steps(epoch, perm, first, bs, sums, bar, start - before)
+            self._steps(epoch, perm, first, sums, bar, start - before)
         finally:
             bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
-        used = max(1, self._epoch_examples)          # examples of the steps not skipped
+        sums, used = distributed.sum_dict(sums, self._epoch_examples)   # over the ranks
+        used = max(1, used)                          # examples of the steps not skipped
         means = {k: (v / used).item() for k, v in sums.items()}  # .item() waits for the device
         now = time.perf_counter()
         seconds = now - start + before
         self.train_time += now - start
-        self.train_images += n - first * bs
+        self.train_images += min(n, self.steps_per_epoch * self.global_batch) - first * bs
         means["seconds"] = seconds
         means["images_per_sec"] = n / seconds
         return means
@@ -165,27 +235,45 @@ class Trainer:
             raise KeyboardInterrupt   # a second Ctrl-C: stop now
         self._stop_signal = signal.Signals(signum).name
 
+    def _stopping(self, agree: bool = False) -> bool:
+        """Whether a signal asked to stop. Several processes stop at the same step: each
+        step's agreement (in ``train_step``) or, with ``agree``, one of its own."""
+        if self.world == 1:
+            return self._stop_signal is not None
+        if agree:
+            self._agreed_stop |= distributed.any_true(self._stop_signal is not None)[0]
+        return self._agreed_stop
+
     def _stop_here(self, epoch: int, batch: int, perm, sums, epoch_start: float) -> None:
         """After SIGINT/SIGTERM: save the position in the epoch into checkpoints/last.pt (the
         permutation, the batch, the running sums and every RNG state), so a resume continues
         with the next batch exactly as if nothing had happened; then exit."""
         session_start, session_first = self._session
         self.train_time += time.perf_counter() - session_start
-        self.train_images += (batch - session_first) * int(self.t.batch_size)
+        self.train_images += (batch - session_first) * self.global_batch
+        # every rank's running sums (several processes: gathered, each resumes its own)
+        mine = {"sums": {k: v.detach().cpu() for k, v in sums.items()},
+                "examples": self._epoch_examples}
+        ranks = distributed.gather(mine)
         state = self.state_dict()
         state["partial_epoch"] = {
-            "epoch": epoch, "batch": batch, "perm": perm.cpu(),
-            "sums": {k: v.detach().cpu() for k, v in sums.items()},
-            "examples": self._epoch_examples, "seconds": time.perf_counter() - epoch_start}
-        checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
+            "epoch": epoch, "batch": batch, "perm": perm.cpu(), "world": self.world, **mine,
+            "ranks": ranks, "seconds": time.perf_counter() - epoch_start}
+        self._save(state, "last.pt")
         self._exit_on_signal(f"in epoch {epoch} after batch {batch} of {self.steps_per_epoch}; "
                              "checkpoints/last.pt holds that point")
 
     def _exit_on_signal(self, where: str) -> None:
-        name = self._stop_signal
-        log.error("stopped by %s %s. Continue with: python -m vae_train resume=%s", name, where,
-                  self.run_dir)
+        name = self._stop_signal or "SIGTERM"   # (a rank that learnt of it from another)
+        if self.rank == 0:
+            log.error("stopped by %s %s. Continue with: %s resume=%s", name, where,
+                      distributed.command(), self.run_dir)
         raise SystemExit(128 + int(getattr(signal, name)))
+
+    def _save(self, state: dict, name: str) -> None:
+        """Write a checkpoint (rank 0 only: one writer per run directory)."""
+        if self.rank == 0:
+            checkpoint.save_atomic(state, self.ckpt_dir / name)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
@@ -199,14 +287,22 @@ class Trainer:
         self._stepped = False   # whether a phase of this batch has stepped its optimizer
         for name in self.phases:
             with self.autocast():
-                terms = self.objective(self.model, x, y, step=self.step, phase=name)
+                terms = self.forward(x, y, self.step, name)
             values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-            if not bool(torch.isfinite(values).all()):
+            bad = not bool(torch.isfinite(values).all())
+            if self.world > 1:   # every rank skips or stops together, and stops at one step
+                bad, stop = distributed.any_true(bad, self._stop_signal is not None)
+                self._agreed_stop |= stop
+            if bad:
                 bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
-                return self._nonfinite(name, f"loss term {', '.join(bad)}", terms)
+                return self._nonfinite(name, f"loss term {', '.join(bad) or 'on another rank'}",
+                                       terms)
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
-            self.scaler.scale(terms["loss"]).backward()
+            loss = terms["loss"]
+            if self._grad_weight != 1.0:   # a rank's smaller share of the last batch
+                loss = loss * self._grad_weight
+            self.scaler.scale(loss).backward()
             if clip:
                 self.scaler.unscale_(opt)
             if not fp16:   # fp16: the scaler finds inf/NaN gradients and skips the step itself
@@ -257,11 +353,17 @@ class Trainer:
             "trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
             step=self.step + 1, term=what)
 
-    def _steps(self, epoch, perm, first, bs, sums, bar, epoch_start) -> None:
+    def _steps(self, epoch, perm, first, sums, bar, epoch_start) -> None:
+        bs = self.global_batch
         for i in range(first, self.steps_per_epoch):
-            if self._stop_signal is not None:
+            if self._stopping():
                 self._stop_here(epoch, i, perm, sums, epoch_start)
             idx = perm[i * bs:(i + 1) * bs]
+            if self.world > 1:   # this rank's share; DDP averages the ranks' gradients, so a
+                # share of a smaller last batch weighs its loss by its size
+                start, stop = distributed.shard(len(idx))
+                self._grad_weight = (stop - start) * self.world / len(idx)
+                idx = idx[start:stop]
             terms = self.train_step(*self.data.train_batch(idx))
             bar.update()
             if terms is None:   # a skipped non-finite step
@@ -276,13 +378,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict:
+        """The mean of every term over a split (several processes: each its contiguous part,
+        then summed over the ranks)."""
         self.model.eval()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        for x, y in self.data.eval_batches(split, int(self.t.eval_batch_size)):
+        start, stop = distributed.shard(len(split))
+        part = Split(split.x[start:stop], split.y[start:stop]) if self.world > 1 else split
+        for x, y in self.data.eval_batches(part, int(self.t.eval_batch_size)):
             with self.autocast():
                 terms = self.objective(self.model, x, y, step=self.step, train=False)
             for k, v in terms.items():
                 sums[k] += v.detach().float() * len(x)
+        sums, _ = distributed.sum_dict(sums, 0)
         return {k: (v / len(split)).item() for k, v in sums.items()}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -334,7 +441,7 @@ class Trainer:
             for epoch in range(self.epoch + 1, epochs + 1):
                 self.enter_stage(epoch)
                 self._one_epoch(epoch)
-                if self._stop_signal is not None and epoch < epochs:
+                if self._stopping(agree=True) and epoch < epochs:
                     self._exit_on_signal(f"after epoch {epoch}; checkpoints/last.pt holds it")
             self.enter_stage(self.epoch, starting=False)
         except KeyboardInterrupt:
@@ -343,8 +450,8 @@ class Trainer:
                           "again to train it")
             else:
                 log.error("interrupted in epoch %d; checkpoints/last.pt holds epoch %d. Continue "
-                          "with: python -m vae_train resume=%s", self.epoch + 1, self.epoch,
-                          self.run_dir)
+                          "with: %s resume=%s", self.epoch + 1, self.epoch,
+                          distributed.command(), self.run_dir)
             raise SystemExit(130) from None
         finally:
             for sig, handler in previous.items():
@@ -376,12 +483,12 @@ class Trainer:
         self.tb.scalars("val", val, self.step)
         self.tb.scalars("opt", {"lr": lr, "epoch": epoch}, self.step)
         every = int(self.t.image_every_epochs)
-        if every and epoch % every == 0:
+        if every and epoch % every == 0 and self.rank == 0:
             self.tb.images(figures(self.model, self.fig_x, self.fig_y, len(self.fig_x)), self.step)
         self.epoch = epoch
         self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
-        checkpoint.save_atomic(self.state_dict(), self.ckpt_dir / "last.pt")
-        if improved:  # the same bytes: copy the file rather than serialise the state again
+        self._save(self.state_dict(), "last.pt")
+        if improved and self.rank == 0:  # the same bytes: copy rather than serialise again
             atomic_copy(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
         shown = [(k, v) for k, v in val.items() if k != "loss" and k not in SCHEDULE_TERMS]
         detail = ", ".join(f"{k} {v:.2f}" if abs(v) >= 1 else f"{k} {v:.3f}"
@@ -391,10 +498,25 @@ class Trainer:
                  train["images_per_sec"], train["seconds"], "  best" if improved else "")
 
     # -- checkpoints ------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _set_rng_state(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        self.shuffle_gen.set_state(rng["shuffle"])
+        if "cuda" in rng and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def state_dict(self) -> dict:
+        """The checkpoint. Several processes: every rank must call it (their random states
+        are gathered; rank 0 writes them all)."""
+        rng = self._rng_state()
+        if self.world > 1:
+            rng["ranks"] = distributed.gather(rng)
         return {
             "format": checkpoint.FORMAT,
             "model_target": self.cfg.model._target_,
@@ -414,6 +536,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "amp_skipped_steps": self.amp_skipped_steps,
             "rng": rng,
+            "world_size": self.world,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "overrides": list(self.overrides),
         }
@@ -447,11 +570,21 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self._partial = state.get("partial_epoch")
         self.amp_skipped_steps = int(state.get("amp_skipped_steps", 0))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.shuffle_gen.set_state(state["rng"]["shuffle"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            if len(state["rng"]["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        saved_world = int(state.get("world_size", 1))
+        ranks = state["rng"].get("ranks") or [state["rng"]]
+        if saved_world == self.world:
+            self._set_rng_state(ranks[self.rank])
+        else:   # another number of processes: the same data order, fresh noise per rank
+            self._set_rng_state(state["rng"])
+            if self.rank:
+                torch.manual_seed(int(self.cfg.seed) * 1000 + self.rank + self.epoch)
+            log.warning("resuming with %d process(es), the checkpoint was written by %d: the "
+                        "run continues, but not bit for bit as with %d", self.world,
+                        saved_world, saved_world)
+            if self._partial is not None:
+                log.warning("the epoch that a signal stopped restarts from its beginning "
+                            "(its position is counted in batches of %d processes)", saved_world)
+                self._partial = None
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def _restore_group(self, path, name, opt, sched, saved_target, opt_state, sched_state):
@@ -476,6 +609,7 @@ class Trainer:
 
     def load_best(self) -> int:
         """Put the best checkpoint's weights in the model; returns its epoch (0: untrained)."""
+        distributed.barrier()   # several processes: rank 0 has finished writing it
         best = self.ckpt_dir / "best.pt"
         if not best.is_file():
             return self.epoch
