@@ -22,6 +22,8 @@ BAD = [
     (["seed=-1"], "seed=-1 is invalid"),
     (["loss=iwae", "loss.k=0"], "loss.k=0 is invalid"),
     (["trainer.nonfinite=maybe"], "trainer.nonfinite='maybe' is invalid"),
+    (["device.compile=maybe"], "device.compile='maybe' is invalid"),
+    (["device.channels_last=sometimes"], "device.channels_last='sometimes' is invalid"),
     (["loss.sigma=0"], "loss.sigma=0 is invalid"),
     (["optimizer.lr_schedule.gamma=2"], "optimizer.lr_schedule.gamma=2 is invalid"),
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] is invalid"),

@@ -112,6 +112,8 @@ CHECKS = [
     ("dataset.image_size", lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
     ("dataset.channels", lambda v: v in (1, 3), "1 or 3"),
     ("device.precision", lambda v: str(v) in PRECISIONS, "32, bf16 or 16"),
+    ("device.compile", lambda v: isinstance(v, bool), "true or false"),
+    ("device.channels_last", lambda v: v in ("auto", True, False), "auto, true or false"),
     ("device.type", lambda v: v in ("auto", "cpu", "cuda", "mps"), "auto, cpu, cuda or mps"),
     ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
 ]

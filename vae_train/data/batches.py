@@ -75,6 +75,8 @@ class DataModule:
         self.test = Split(test_x.to(device), data.test_y.to(device))
         self.device = device
         self.binarize_seed = binarize_seed
+        # torch.channels_last for conv models on GPUs (device.channels_last), set by train.py
+        self.memory_format = torch.contiguous_format
 
     def eval_split(self, name: str) -> Split:
         """``train``, ``val`` or ``test`` for evaluation: binary pixels wherever the run was
@@ -107,13 +109,18 @@ class DataModule:
         idx = torch.cat(picked).to(self.train.x.device)
         return Split(self.train.x[idx], self.train.y[idx])
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is torch.contiguous_format or x.dim() != 4:
+            return x
+        return x.contiguous(memory_format=self.memory_format)
+
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_float(self.train.x[idx])
         if self.binarize == "dynamic":
             x = torch.bernoulli(x)
-        return x, self.train.y[idx]
+        return self._layout(x), self.train.y[idx]
 
     def eval_batches(self, split: Split, batch_size: int):
         """Float batches in order over a whole split (validation or test)."""
         for a in range(0, len(split), batch_size):
-            yield to_float(split.x[a:a + batch_size]), split.y[a:a + batch_size]
+            yield self._layout(to_float(split.x[a:a + batch_size])), split.y[a:a + batch_size]
