@@ -74,8 +74,11 @@ class _CompiledOrEager:
 
     def _fall_back(self, e: BaseException) -> None:
         self.compiled = None
-        log.warning("device.compile=true: torch.compile cannot compile this model here (%s: "
-                    "%s); training goes on without it", type(e).__name__, first_line(e))
+        what, name = first_line(e), f"{type(e.__cause__ or e).__name__}: "
+        while what.startswith(name + name):   # (Inductor repeats its name in its messages)
+            what = what[len(name):]
+        log.warning("device.compile=true: torch.compile cannot compile this model here (%s); "
+                    "training goes on without it", what)
 
     def __call__(self, *args):
         if self.compiled is not None:
