@@ -1,28 +1,74 @@
 #!/usr/bin/env python
-"""Seconds per epoch: vae-train vs the classic PyTorch VAE example vs a bare loop.
+"""Training speed of every model family: vae-train vs a bare loop (and the classic example).
 
-All three train the classic 784-400-20 MLP VAE (summed BCE, Adam 1e-3, batch 128) on
-Fashion-MNIST in one run on this machine:
+Every family (``configs/model/*.yaml``) trains on Fashion-MNIST at its config's defaults
+(batch 128, Adam 1e-3) on one device, at each precision asked for, in one run on this machine.
+Rows, for each family and precision:
+
+* ``vae-train`` - the real command line, ``python -m vae_train model=<m> dataset=fashion_mnist
+                  trainer.progress=false ...`` in a subprocess with its run directory in a
+                  temporary folder (validation pass, checkpoints, TensorBoard and pictures
+                  included); its train images per second and seconds come from the run's
+                  ``metrics.json``. ``dataset.train_size`` cuts the epoch of the slow families
+                  (``TRAIN_SIZE`` below, or ``--train-size``); a tenth of it is validation;
+* ``bare``      - the floor: the same model, objective and optimizer(s), built by
+                  ``vae_train.train.build`` from the same composed config (so the same training
+                  images and batch), trained by a hand-written loop over the images pre-loaded
+                  as one float tensor on the device: no checks, no logging, no progress bar,
+                  no validation. A multi-phase model (aae: autoencoder, discriminator,
+                  generator) steps each phase's optimizer in order on every batch, as the
+                  trainer does; a multi-stage model (vqvae: autoencoder, then its PixelCNN
+                  prior, ``model.prior_epochs`` = ``--epochs`` here) runs its stages one after
+                  the other and gets one row per stage;
+* ``ratio``     - vae-train img/s over bare img/s (1.00: the trainer costs nothing).
+
+and for the classic 784-400-20 MLP VAE (``model=vae``, summed BCE) also:
 
 * ``classic``   - written the way the PyTorch example does it: torchvision's dataset with
                   ``ToTensor`` and a shuffling ``DataLoader``; each epoch trains on 60,000
-                  images, then computes the test loss on 10,000;
-* ``vae-train`` - ``python -m vae_train dataset=fashion_mnist`` itself (54,000 train images and
-                  a 6,000-image validation pass per epoch, checkpoints, TensorBoard, pictures);
-* ``vae-train bf16`` - the same with ``device.precision=bf16`` (autocast), fast on CPUs with
-                  AVX512-BF16 or AMX;
-* ``bare``      - a hand-written loop over the same images pre-loaded as one float tensor:
-                  the floor any trainer can reach with this model on this device.
+                  images, then computes the test loss on 10,000; ``x classic`` is vae-train's
+                  img/s over this row's.
 
-Usage:  python scripts/benchmark.py [--epochs 2] [--device cpu] [--out outputs/benchmark.json]
+Each row also has the device's *measured* matrix throughput (``matmul peak``: an n x n x n
+product timed at the row's precision, n = 2048 on the CPU (as a BLAS matmul and as a oneDNN
+1x1 convolution, the better of the two) and 8192 on a GPU; fp16 only on a GPU), the training
+FLOPs per image (forward and backward of one step of every phase, counted by
+``torch.utils.flop_counter.FlopCounterMode`` on a CPU build of the config, divided by the
+batch: matrix products and convolutions only, the optimizer not included) and the fraction of
+that peak the row reaches (``%peak``): vae-train img/s x FLOPs/img / peak.
+
+``--compile`` passes ``device.compile=true`` to vae-train (where its config has the key) and
+compiles the bare loop's loss the same way: the model and objective together
+(``torch.compile`` of the networks alone gains nothing on the CPU: the matrix products are
+library calls either way, the gain is the loss's fused pointwise work). A schedule that is a
+Python function of the step (gumbel_vae's temperature) recompiles every step until Dynamo's
+limit, then runs eager: ``bare_compiled_graphs`` in the JSON counts the graphs. Conv models
+use channels-last where vae-train does (``device.channels_last``; auto: on CUDA).
+
+The first epoch of each stage includes warm-up (and compilation): with two or more epochs the
+later ones are averaged. ``s/epoch`` is the training time of a full 54,000-image epoch at the
+vae-train rate. Results print as a table and are written as JSON (device, threads, torch,
+processor/GPU name, date, the command, the load average before and after). On a shared CPU
+the numbers move by 10-20%; with another process busy on one of two cores, two OpenMP
+threads can run several times slower than one (``--threads 1``): the table says so when the
+load average was above the number of cores.
+
+Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3]
+            [--device cpu|cuda|auto] [--precision 32 bf16 16] [--compile] [--train-size N]
+            [--threads N] [--no-classic] [--no-cli] [--peak-size N] [--data-root DIR]
+            [--out outputs/benchmark.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import gzip
 import json
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -37,8 +83,19 @@ from torch import nn
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]
+FAMILIES = ["vae", "conv_vae", "cvae", "hvae", "vqvae", "gumbel_vae", "aae", "rnn_vae", "m2"]
+# Training images read (dataset.train_size; a tenth of them validate) per family, so that the
+# default run (3 epochs, every family, fp32 plus bf16 for vae) takes about 10-15 minutes on a
+# 2-core CPU. None: all 60,000. On a GPU every family uses all of them.
+TRAIN_SIZE = {"vae": None, "conv_vae": None, "cvae": None, "hvae": None, "vqvae": 20000,
+              "gumbel_vae": None, "aae": None, "rnn_vae": 12000, "m2": 40000}
+FULL_EPOCH = 54000   # training images of a full Fashion-MNIST epoch (val_size 0.1)
+# Extra overrides per family: the VQ-VAE's prior stage runs as many epochs as its first.
+EXTRA = {"vqvae": lambda epochs: [f"model.prior_epochs={epochs}"]}
+PEAK_DTYPE = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
+# -- data ------------------------------------------------------------------------------------
 def find_raw(root: Path | None) -> Path:
     for d in ([root / "FashionMNIST" / "raw", root] if root else []) + [DEBIAN]:
         if all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in FILES):
@@ -58,6 +115,12 @@ def torchvision_root(raw: Path, tmp: Path) -> Path:
     return tmp
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the classic example ------------------------------------------------------------------
 class ClassicVAE(nn.Module):
     """The example's network: 784-400-(20, 20) encoder, 20-400-784 decoder with a sigmoid."""
 
@@ -102,6 +165,7 @@ def run_classic(root: Path, epochs: int, device: torch.device) -> dict:
             loss = classic_loss(recon, x, mu, logvar)
             loss.backward()
             opt.step()
+        sync(device)
         t1 = time.perf_counter()
         model.eval()
         total = 0.0
@@ -112,100 +176,464 @@ def run_classic(root: Path, epochs: int, device: torch.device) -> dict:
                 total += classic_loss(recon, x, mu, logvar).item()
         t2 = time.perf_counter()
         epochs_out.append({"train_seconds": t1 - t0, "epoch_seconds": t2 - t0,
-                           "test_loss": total / len(test.dataset)})
-    return {"train_images": len(train.dataset), "epochs": epochs_out}
+                           "train_images": len(train.dataset)})
+    return {"stages": {"train": epochs_out}, "test_loss": total / len(test.dataset)}
 
 
-def run_bare(root: Path, epochs: int, device: torch.device) -> dict:
-    from vae_train.data.sources import load_mnist_like
-    from vae_train.losses import ELBO
-    from vae_train.models.vae import VAE
-
-    data = load_mnist_like("fashion_mnist", root, download=False)
-    x_all = data.train_x.float().div(255).to(device)
-    torch.manual_seed(2)
-    model, objective = VAE((1, 28, 28)).to(device), ELBO()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    n, out = len(x_all), []
-    for _ in range(epochs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device)
-        for i in range(0, n, 128):
-            x = x_all[perm[i:i + 128]]
-            loss = objective(model, x)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        loss.item()
-        out.append({"train_seconds": time.perf_counter() - t0})
-    return {"train_images": n, "epochs": out}
-
-
-def run_vae_train(root: Path, epochs: int, device: str, tmp: Path, precision: str = "32") -> dict:
-    run_dir = tmp / f"vae-train-run-{precision}"
-    cmd = [sys.executable, "-m", "vae_train", "dataset=fashion_mnist", f"dataset.root={root}",
+# -- configs and the models as the trainer builds them ----------------------------------------
+def overrides(model: str, root: Path, epochs: int, device: str, precision: str,
+              train_size: int | None) -> list[str]:
+    """The command-line overrides of one family's run (shared by both rows)."""
+    out = [f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}",
            "dataset.download=false", f"trainer.epochs={epochs}", f"device={device}",
-           "trainer.progress=false", f"device.precision={precision}", f"hydra.run.dir={run_dir}"]
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+           f"device.precision={precision}", *EXTRA.get(model, lambda e: [])(epochs)]
+    if train_size:
+        out.append(f"dataset.train_size={train_size}")
+    return out
+
+
+def compose(overrides_: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from vae_train.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides_))
+
+
+def has_compile_key(cfg) -> bool:
+    """Whether this vae-train has ``device.compile`` (the CLI rows can ask for torch.compile)."""
+    return "compile" in cfg.device
+
+
+def channels_last(cfg, model, device: torch.device) -> bool:
+    """Whether vae-train puts this model in channels-last layout (where it has the option)."""
+    try:
+        from vae_train.trainer import wants_channels_last
+    except ImportError:
+        return False
+    return wants_channels_last(cfg.device.get("channels_last", False), model, device)
+
+
+def make_optimizers(cfg, objective, model) -> dict:
+    """One optimizer per parameter group, from the ``optimizer`` node with
+    ``optimizer.groups.<name>`` on top: what ``Trainer.__init__`` builds."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    opt_cfg.pop("lr_schedule")
+    group_cfgs = opt_cfg.pop("groups", None) or {}
+    return {name: instantiate({**opt_cfg, **(group_cfgs.get(name) or {})})(list(params))
+            for name, params in objective.parameter_groups(model).items()}
+
+
+def train_flops_per_image(cfg, epochs: int) -> tuple[list, dict]:
+    """The objective's stages, and stage -> FLOPs of one training step (every phase's forward
+    and backward) per image, counted on a CPU build of the config (FlopCounterMode has no
+    formula for cuDNN's RNN kernels; on the CPU a GRU is matrix products it counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vae_train.data import to_float
+    from vae_train.train import build
+
+    torch.manual_seed(0)
+    dm, objective, model = build(cfg, torch.device("cpu"))
+    model.train()
+    bs = int(cfg.trainer.batch_size)
+    x, y = to_float(dm.train.x[:bs]), dm.train.y[:bs]
+    stages = [(s, int(e), tuple(p)) for s, e, p in objective.stages(epochs)]
+    out = {}
+    for stage, _, phases in stages:
+        objective.set_stage(stage)
+        with FlopCounterMode(display=False) as counter:
+            for phase in phases:
+                objective(model, x, y, step=0, phase=phase)["loss"].backward()
+        model.zero_grad(set_to_none=True)
+        out[stage] = counter.get_total_flops() / len(x)
+    return stages, out
+
+
+def run_bare(cfg, epochs: int, device: torch.device, amp_dtype, compile_: bool = False) -> dict:
+    """The floor: the trainer's model, objective, optimizers, data and batch size, in a
+    hand-written loop over pre-loaded float tensors. Returns per-stage epoch times and the
+    test loss (the objective's ``loss`` in evaluation) of the final weights."""
+    from vae_train.data import to_float
+    from vae_train.train import build
+
+    torch.manual_seed(int(cfg.seed))
+    dm, objective, model = build(cfg, device)
+    layout = channels_last(cfg, model, device)
+    if layout:   # as the trainer does (device.channels_last; auto: conv models on CUDA)
+        model.to(memory_format=torch.channels_last)
+    optimizers = make_optimizers(cfg, objective, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    amp = ((lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None
+           else contextlib.nullcontext)
+    x_all, y_all = to_float(dm.train.x), dm.train.y     # pre-loaded floats on the device
+    if layout and x_all.dim() == 4:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    n, bs = len(x_all), int(cfg.trainer.batch_size)
+
+    def loss_of(x, y, step, phase):
+        return objective(model, x, y, step=step, phase=phase)["loss"]
+
+    if compile_:   # the whole loss (model and objective): compiling only the networks gains
+        loss_of = torch.compile(loss_of)   # nothing on the CPU; the loss's pointwise ops fuse
+    graphs0 = _compiled_graphs()
+    stages = objective.stages(epochs)
+    out, step = {}, 0
+    model.train()
+    for stage, stage_epochs, phases in stages:
+        objective.set_stage(stage)
+        times = []
+        for _ in range(stage_epochs):
+            sync(device)
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, device=device)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                x, y = x_all[idx], y_all[idx]
+                for phase in phases:
+                    with amp():
+                        loss = loss_of(x, y, step, phase)
+                    opt = optimizers[phase]
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                if scaler.is_enabled():
+                    scaler.update()
+                step += 1
+            sync(device)
+            times.append({"train_seconds": time.perf_counter() - t0, "train_images": n})
+        out[stage] = times
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, y in dm.eval_batches(dm.test, int(cfg.trainer.eval_batch_size)):
+            with amp():
+                total += float(objective(model, x, y, step=step, train=False)["loss"]) * len(x)
+    result = {"stages": out, "test_loss": total / len(dm.test), "channels_last": layout}
+    if compile_:   # more than a few: a schedule of the step (gumbel tau) recompiles
+        result["compiled_graphs"] = _compiled_graphs() - graphs0
+    return result
+
+
+def _compiled_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        return 0
+
+
+def run_vae_train(args_: list[str], tmp: Path, name: str, env: dict) -> dict:
+    """``python -m vae_train ARGS`` with its run directory in ``tmp``; epoch times from
+    metrics.json, split by stage (the history has one entry per epoch, stages in order)."""
+    run_dir = tmp / f"run-{name}"
+    cmd = [sys.executable, "-m", "vae_train", *args_, "trainer.progress=false",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+        raise RuntimeError(f"vae-train exited with {proc.returncode}:\n{tail}")
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"train_images": round(m["history"][0]["train_images_per_sec"]
-                                  * m["history"][0]["train_seconds"]),
-            "test_loss": m["test_loss"],
-            "epochs": [{"train_seconds": h["train_seconds"], "epoch_seconds": h["epoch_seconds"]}
-                       for h in m["history"]]}
+    epochs = [{"train_seconds": h["train_seconds"], "epoch_seconds": h["epoch_seconds"],
+               "train_images": round(h["train_images_per_sec"] * h["train_seconds"])}
+              for h in m["history"]]
+    return {"epochs": epochs, "test_loss": m["test_loss"]}
 
 
-def summarise(name: str, r: dict) -> dict:
-    # the first epoch includes warm-up; report the mean of the later ones when there are any
-    eps = r["epochs"][1:] or r["epochs"]
+def split_stages(epochs: list, stages: list) -> dict:
+    out, i = {}, 0
+    for stage, n, _ in stages:
+        out[stage] = epochs[i:i + n]
+        i += n
+    return out
+
+
+def summarise(epochs: list) -> dict:
+    """Mean of the epochs after the first (warm-up) where there are any."""
+    eps = epochs[1:] or epochs
     train_s = sum(e["train_seconds"] for e in eps) / len(eps)
-    ips = r["train_images"] / train_s
-    row = {"name": name, "train_images": r["train_images"], "train_seconds": train_s,
-           "images_per_sec": ips, "seconds_per_60k": 60000 / ips}
+    images = sum(e["train_images"] for e in eps) / len(eps)
+    row = {"train_images": round(images), "train_seconds": train_s,
+           "images_per_sec": images / train_s, "epochs_averaged": len(eps),
+           # the fastest of those epochs: less moved by another process's burst on a shared CPU
+           "best_images_per_sec": max(e["train_images"] / e["train_seconds"] for e in eps)}
     if "epoch_seconds" in eps[0]:
         row["epoch_seconds"] = sum(e["epoch_seconds"] for e in eps) / len(eps)
-    loss = r.get("test_loss", r["epochs"][-1].get("test_loss"))
-    if loss is not None:
-        row["test_loss"] = loss
     return row
 
 
-def main():
+# -- the device's measured matrix throughput -------------------------------------------------
+def _best_seconds(fn, device: torch.device, seconds: float) -> float:
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    reps = max(1, int(seconds / 3 / max(time.perf_counter() - t0, 1e-6)))
+    best = math.inf
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 0.5) -> dict:
+    """FLOP/s of an n x n x n product at ``dtype``: as a matmul (BLAS: MKL on the CPU, cuBLAS)
+    and, on the CPU, as a 1x1 convolution (oneDNN, whose kernels can be faster than MKL's on
+    AMD processors); ``peak`` is the better of the two."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = {"matmul": 2 * n ** 3 / _best_seconds(lambda: a @ b, device, seconds)}
+    if device.type == "cpu":
+        x, w = a.view(1, n, n // 64, 64), b.view(n, n, 1, 1)
+        out["conv1x1"] = 2 * n ** 3 / _best_seconds(lambda: F.conv2d(x, w), device, seconds)
+    out["peak"] = max(out.values())
+    return out
+
+
+def peaks(device: torch.device, precisions: list[str], n: int | None = None) -> dict:
+    """precision -> measured FLOP/s (fp16 only on a GPU: the CPU has no fast fp16 matmul)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    out = {}
+    for p in ["32", *[p for p in precisions if p != "32"]]:
+        if p == "16" and device.type != "cuda":
+            continue
+        if p == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            continue
+        out[p] = {"size": n, **matmul_peak(device, PEAK_DTYPE[p], n)}
+    return out
+
+
+# -- one family -----------------------------------------------------------------------------
+def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device: torch.device,
+                 env: dict, log=print) -> list[dict]:
+    from vae_train.config import PRECISIONS
+
+    size = args.train_size if args.train_size is not None else (
+        TRAIN_SIZE.get(model) if device.type == "cpu" else None)
+    ov = overrides(model, root, args.epochs, args.device, precision, size)
+    cfg = compose(ov)
+    cli = list(ov)
+    compile_cli = bool(args.compile and has_compile_key(cfg))
+    if compile_cli:
+        cli.append("device.compile=true")
+    rows = []
+    base = {"model": model, "precision": precision, "compile": bool(args.compile),
+            "compile_cli": compile_cli, "dataset_train_size": size}
+    bare = vt = None
+    errors = {}
+    try:
+        log(f"[{model} {precision}] bare loop ...")
+        bare = run_bare(cfg, args.epochs, device, PRECISIONS[precision], args.compile)
+    except Exception as e:  # noqa: BLE001 - one family's failure must not lose the others
+        errors["bare"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not args.no_cli:
+        try:
+            log(f"[{model} {precision}] vae-train ...")
+            vt = run_vae_train(cli, tmp, f"{model}-{precision}", env)
+        except Exception as e:  # noqa: BLE001
+            errors["vae_train"] = str(e)
+    try:
+        stages, flops = train_flops_per_image(cfg, args.epochs)
+    except Exception as e:  # noqa: BLE001
+        stages, flops = [("train", args.epochs, ("main",))], {}
+        errors["flops"] = f"{type(e).__name__}: {e}"
+    vt_stages = split_stages(vt["epochs"], stages) if vt else {}
+    for stage, _, phases in stages:
+        row = {**base, "stage": stage if len(stages) > 1 else None, "phases": list(phases)}
+        if bare and bare["stages"].get(stage):
+            row["bare"] = summarise(bare["stages"][stage])
+        if vt and vt_stages.get(stage):
+            row["vae_train"] = summarise(vt_stages[stage])
+        if bare:
+            row["channels_last"] = bare["channels_last"]
+        if bare and "compiled_graphs" in bare:
+            row["bare_compiled_graphs"] = bare["compiled_graphs"]
+        if stage == stages[-1][0]:
+            if vt:
+                row["vae_train_test_loss"] = vt["test_loss"]
+            if bare:
+                row["bare_test_loss"] = bare["test_loss"]
+        if "bare" in row and "vae_train" in row:
+            row["ratio"] = row["vae_train"]["images_per_sec"] / row["bare"]["images_per_sec"]
+        if "vae_train" in row:
+            row["seconds_per_full_epoch"] = FULL_EPOCH / row["vae_train"]["images_per_sec"]
+        if stage in flops:
+            row["train_flops_per_image"] = flops[stage]
+        if errors:
+            row["errors"] = errors
+        rows.append(row)
+    return rows
+
+
+def add_fractions(rows: list[dict], peak: dict) -> None:
+    for row in rows:
+        flops, p = row.get("train_flops_per_image"), peak.get(row["precision"], {}).get("peak")
+        if not flops or not p:
+            continue
+        row["matmul_peak_flops"] = p
+        for key in ("vae_train", "bare"):
+            if key in row:
+                row[key]["fraction_of_peak"] = row[key]["images_per_sec"] * flops / p
+
+
+# -- output --------------------------------------------------------------------------------
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average():
+    """The 1-minute load average (other processes share a CPU: a load above the core count
+    makes the numbers of this run unreliable), or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def fmt(v, spec: str, width: int) -> str:
+    return f"{v:{width}{spec}}" if isinstance(v, (int, float)) and math.isfinite(v) \
+        else f"{'-':>{width}}"
+
+
+def table(report: dict) -> str:
+    head = (f"{'model':18} {'prec':>4} {'vae-train':>10} {'bare':>9} {'ratio':>6} "
+            f"{'x classic':>9} {'s/epoch':>8} {'test loss':>10} {'MFLOP/img':>9} "
+            f"{'%peak':>6}")
+    lines = [head, "-" * len(head)]
+    c = report.get("classic")
+    if c:
+        lines.append(f"{'vae (classic)':18} {'32':>4} {fmt(c['images_per_sec'], '.0f', 10)} "
+                     f"{'':9} {'':6} {fmt(1.0, '.2f', 9)} "
+                     f"{fmt(FULL_EPOCH / c['images_per_sec'], '.2f', 8)} "
+                     f"{fmt(c.get('test_loss'), '.2f', 10)}")
+    for r in report["results"]:
+        name = r["model"] + (f":{r['stage']}" if r.get("stage") else "")
+        vt, bare = r.get("vae_train", {}), r.get("bare", {})
+        loss = r.get("vae_train_test_loss", r.get("bare_test_loss"))
+        flops = r.get("train_flops_per_image")
+        frac = vt.get("fraction_of_peak", bare.get("fraction_of_peak"))
+        lines.append(
+            f"{name:18} {r['precision']:>4} {fmt(vt.get('images_per_sec'), '.0f', 10)} "
+            f"{fmt(bare.get('images_per_sec'), '.0f', 9)} {fmt(r.get('ratio'), '.2f', 6)} "
+            f"{fmt(r.get('vs_classic'), '.2f', 9)} {fmt(r.get('seconds_per_full_epoch'), '.2f', 8)} "
+            f"{fmt(loss, '.2f', 10)} {fmt(flops / 1e6 if flops else None, '.2f', 9)} "
+            f"{fmt(frac * 100 if frac is not None else None, '.1f', 6)}"
+            + ("  (" + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in r["errors"].items())
+               + ")" if r.get("errors") else ""))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", nargs="+", default=FAMILIES, choices=FAMILIES, metavar="MODEL",
+                    help=f"model families (default: all: {' '.join(FAMILIES)})")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per stage (default 3)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--precision", nargs="+", default=None, choices=list(PEAK_DTYPE),
+                    help="device.precision values (default: 32, and bf16 too for model vae)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile: device.compile=true for vae-train (where this vae-train "
+                         "has the key), the bare loop's loss and backward compiled")
+    ap.add_argument("--train-size", type=int, default=None,
+                    help="dataset.train_size for every family (default: TRAIN_SIZE per family "
+                         "on the CPU, all images on a GPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads here and OMP_NUM_THREADS for vae-train (default: torch's)")
+    ap.add_argument("--no-classic", action="store_true", help="skip the classic example row")
+    ap.add_argument("--no-cli", action="store_true", help="skip the vae-train rows")
+    ap.add_argument("--peak-size", type=int, default=None,
+                    help="side of the matmul timed for the peak (default 2048 CPU, 8192 GPU)")
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
-    ap.add_argument("--also-precision", nargs="*", default=["bf16"],
-                    help="extra vae-train rows at these device.precision values (default: bf16)")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    args = ap.parse_args(argv)
+    if args.epochs < 1:
+        ap.error("--epochs must be at least 1")
+    return args
+
+
+def resolve(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available here")
+    return torch.device(device)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = resolve(args.device)
+    args.device = device.type
+    env = dict(os.environ)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     raw = find_raw(args.data_root)
+    started = time.time()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    jobs = [(m, p) for m in args.models
+            for p in (args.precision or (["32", "bf16"] if m == "vae" else ["32"]))]
+    precisions = sorted({p for _, p in jobs}, key=list(PEAK_DTYPE).index)
+    report = {"device": str(device), "device_name": device_name(device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "epochs": args.epochs, "compile": bool(args.compile),
+              "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+              "load_average_start": load_average(), "results": []}
+    log("matmul peak ...")
+    report["matmul_peak_flops"] = peak = peaks(device, precisions, args.peak_size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = torchvision_root(raw, tmp / "tv")
-        results = [summarise("classic", run_classic(root, args.epochs, device)),
-                   summarise("vae-train", run_vae_train(root, args.epochs, args.device, tmp)),
-                   *[summarise(f"vae-train {p}", run_vae_train(root, args.epochs, args.device,
-                                                                tmp, p))
-                     for p in args.also_precision],
-                   summarise("bare", run_bare(root, args.epochs, device))]
-    base = results[0]["seconds_per_60k"]
-    print(f"\nFashion-MNIST, 784-400-20 VAE, batch 128, {args.epochs} epochs, device {device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'':14} {'img/s':>8} {'s/60k img':>10} {'speed-up':>9} {'epoch s':>8} {'test loss':>10}")
-    for r in results:
-        r["speedup_vs_classic"] = base / r["seconds_per_60k"]
-        print(f"{r['name']:14} {r['images_per_sec']:8.0f} {r['seconds_per_60k']:10.2f} "
-              f"{r['speedup_vs_classic']:8.2f}x {r.get('epoch_seconds', float('nan')):8.2f} "
-              f"{r.get('test_loss', float('nan')):10.2f}")
+        if "vae" in args.models and not args.no_classic:
+            log("[vae classic] torchvision + ToTensor + DataLoader ...")
+            c = run_classic(root, args.epochs, device)
+            report["classic"] = {**summarise(c["stages"]["train"]), "test_loss": c["test_loss"]}
+        for model, precision in jobs:
+            report["results"] += bench_family(model, precision, args, root, tmp, device, env, log)
+    add_fractions(report["results"], peak)
+    if "classic" in report:
+        for r in report["results"]:
+            for key, name in (("vae_train", "vs_classic"), ("bare", "bare_vs_classic")):
+                if r["model"] == "vae" and key in r:
+                    r[name] = r[key]["images_per_sec"] / report["classic"]["images_per_sec"]
+    report["wall_seconds"] = time.time() - started
+    report["load_average_end"] = load_average()
+    print(f"\nFashion-MNIST, batch 128, {args.epochs} epoch(s) per stage, {device} "
+          f"({report['device_name']}), {report['threads']} threads, torch {torch.__version__}"
+          + (", torch.compile" if args.compile else ""))
+    loads = [x for x in (report["load_average_start"], report["load_average_end"]) if x is not None]
+    if loads and max(loads) > (os.cpu_count() or 1):
+        print(f"note: load average {max(loads):.1f} on {os.cpu_count()} cores: other processes "
+              "shared the CPU, these numbers are not reliable")
+    print("matmul peak: " + ", ".join(f"{p} {v['peak'] / 1e9:.0f} GFLOP/s"
+                                      for p, v in peak.items()))
+    print(table(report))
+    print("img/s: training images per second (later epochs); ratio: vae-train / bare; "
+          "s/epoch: 54,000 images at the vae-train rate; %peak: vae-train img/s x FLOPs/img "
+          "/ matmul peak at the row's precision")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": str(device), "epochs": args.epochs,
-                                    "threads": torch.get_num_threads(),
-                                    "torch": torch.__version__, "results": results}, indent=2))
-    print(f"wrote {args.out}")
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out} ({report['wall_seconds']:.0f} s)")
+    return report
 
 
 if __name__ == "__main__":

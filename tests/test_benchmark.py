@@ -1,0 +1,156 @@
+"""scripts/benchmark.py on a tiny generated Fashion-MNIST: the rows, the JSON and the table
+(the structure and that every number is positive; no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_mnist_like
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """--threads changes torch's thread count for the process: put it back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    write_mnist_like(root / "FashionMNIST" / "raw", n_train=300, n_test=100)
+    return root
+
+
+def test_bare_rows_json_and_table(bench, tiny, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    report = bench.main(["--models", "vae", "vqvae", "aae", "--no-cli", "--epochs", "1",
+                         "--train-size", "256", "--peak-size", "128", "--threads", "1",
+                         "--data-root", str(tiny), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    for key in ("device", "device_name", "threads", "torch", "date", "epochs", "command"):
+        assert saved[key] not in (None, "")
+    assert saved["device"] == "cpu" and saved["threads"] == 1 and saved["epochs"] == 1
+    assert set(saved["matmul_peak_flops"]) == {"32", "bf16"}   # bf16: the vae's second row
+    assert all(v["peak"] > 0 and v["size"] == 128 for v in saved["matmul_peak_flops"].values())
+    assert saved["classic"]["images_per_sec"] > 0 and saved["classic"]["train_images"] == 300
+
+    rows = {(r["model"], r["stage"], r["precision"]): r for r in saved["results"]}
+    assert set(rows) == {("vae", None, "32"), ("vae", None, "bf16"), ("aae", None, "32"),
+                         ("vqvae", "autoencoder", "32"), ("vqvae", "prior", "32")}
+    assert rows[("aae", None, "32")]["phases"] == ["autoencoder", "discriminator", "generator"]
+    assert rows[("vqvae", "prior", "32")]["phases"] == ["prior"]
+    for r in rows.values():
+        assert "errors" not in r, r.get("errors")
+        assert r["dataset_train_size"] == 256
+        assert r["bare"]["train_images"] == 256 - round(0.1 * 256)   # a tenth validates
+        assert r["bare"]["images_per_sec"] > 0 and r["train_flops_per_image"] > 0
+        assert 0 < r["bare"]["fraction_of_peak"]
+        assert "vae_train" not in r and "ratio" not in r
+    # 784-400-20: 2 * (784*400 + 400*40 + 20*400 + 400*784) forward; the backward twice that
+    # less the input gradient of the first layer
+    fwd = 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
+    assert rows[("vae", None, "32")]["train_flops_per_image"] == 3 * fwd - 2 * 784 * 400
+    assert rows[("vae", None, "32")]["bare_vs_classic"] > 0
+    assert "vs_classic" not in rows[("vae", None, "32")]   # no vae-train row to compare
+    assert rows[("vqvae", "prior", "32")]["bare_test_loss"] > 0
+    assert "bare_test_loss" not in rows[("vqvae", "autoencoder", "32")]
+
+    text = capsys.readouterr().out
+    assert "vqvae:prior" in text and "vae (classic)" in text and f"wrote {out}" in text
+
+
+def test_cli_rows_arguments_and_ratio(bench, tiny, tmp_path, monkeypatch):
+    """The vae-train row: the command line it runs, and metrics.json's history split by
+    stage, averaged after the first epoch, divided by the bare row."""
+    seen = {}
+
+    def fake_cli(args_, tmp, name, env):
+        seen["args"] = args_
+        h = [{"train_seconds": s, "epoch_seconds": s + 1.0, "train_images": 230}
+             for s in (2.0, 1.0, 4.0, 2.0)]
+        return {"epochs": h, "test_loss": 123.0}
+
+    monkeypatch.setattr(bench, "run_vae_train", fake_cli)
+    args = bench.parse_args(["--models", "vqvae", "--epochs", "2", "--train-size", "256",
+                             "--compile", "--data-root", str(tiny)])
+    args.compile = False   # the flag's argument list is checked below; no compiling here
+    rows = bench.bench_family("vqvae", "32", args, tiny, tmp_path, bench.resolve("cpu"), {},
+                              log=lambda m: None)
+    assert [r["stage"] for r in rows] == ["autoencoder", "prior"]
+    assert "model=vqvae" in seen["args"] and "model.prior_epochs=2" in seen["args"]
+    assert "dataset.train_size=256" in seen["args"] and "device.precision=32" in seen["args"]
+    ae, prior = rows
+    assert ae["vae_train"]["train_seconds"] == 1.0 and prior["vae_train"]["train_seconds"] == 2.0
+    assert ae["vae_train"]["epoch_seconds"] == 2.0 and ae["vae_train"]["epochs_averaged"] == 1
+    assert ae["vae_train"]["images_per_sec"] == 230.0
+    assert ae["ratio"] == pytest.approx(230.0 / ae["bare"]["images_per_sec"])
+    assert prior["vae_train_test_loss"] == 123.0 and "vae_train_test_loss" not in ae
+    assert ae["seconds_per_full_epoch"] == pytest.approx(54000 / 230)
+    text = bench.table({"results": rows})
+    line = next(x for x in text.splitlines() if x.startswith("vqvae:autoencoder"))
+    assert "230" in line.split() and f"{ae['ratio']:.2f}" in line.split()
+
+    assert "device.compile=true" not in seen["args"]
+
+    # --compile asks vae-train for device.compile=true (this vae-train has the key)
+    args.compile = True
+    monkeypatch.setattr(bench, "run_bare", lambda *a, **k: {"stages": {}, "test_loss": 1.0,
+                                                            "channels_last": False})
+    rows = bench.bench_family("vqvae", "32", args, tiny, tmp_path, bench.resolve("cpu"), {},
+                              log=lambda m: None)
+    assert "device.compile=true" in seen["args"]
+    assert rows[0]["compile"] and rows[0]["compile_cli"] and "bare" not in rows[0]
+
+
+def test_cli_run_reads_metrics(bench, tmp_path, monkeypatch):
+    """run_vae_train: the command it starts and what it reads back from metrics.json."""
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"test_loss": 250.5, "history": [
+            {"train_images_per_sec": 1000.0, "train_seconds": 2.0, "epoch_seconds": 2.5},
+            {"train_images_per_sec": 2000.0, "train_seconds": 1.0, "epoch_seconds": 1.25}]}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = bench.run_vae_train(["model=vae"], tmp_path, "vae-32", {})
+    assert calls[0][1:4] == ["-m", "vae_train", "model=vae"]
+    assert "trainer.progress=false" in calls[0]
+    assert out["test_loss"] == 250.5
+    assert [e["train_images"] for e in out["epochs"]] == [2000, 2000]
+    assert bench.summarise(out["epochs"]) == {"train_images": 2000, "train_seconds": 1.0,
+                                              "images_per_sec": 2000.0, "epochs_averaged": 1,
+                                              "best_images_per_sec": 2000.0,
+                                              "epoch_seconds": 1.25}
+    three = [{"train_seconds": s, "train_images": 100} for s in (9.0, 1.0, 0.5)]
+    assert bench.summarise(three)["images_per_sec"] == pytest.approx(100 / 0.75)
+    assert bench.summarise(three)["best_images_per_sec"] == 200.0
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 2, "", "error: model.latent_dim=0 is invalid"))
+    with pytest.raises(RuntimeError, match="(?s)exited with 2.*latent_dim=0"):
+        bench.run_vae_train(["model=vae"], tmp_path, "bad", {})
