@@ -49,6 +49,15 @@ def lr_factor_fn(sched_cfg, steps_per_epoch: int, total_steps: int):
     return factor
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together (what clip_grad_norm_ computes)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):   # torch >= 2.6: foreach kernels
+        return torch.nn.utils.get_total_norm(grads)
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 class _Forward(torch.nn.Module):
     """The training forward pass as one module call: ``DistributedDataParallel`` and
     ``torch.compile`` wrap this (a model's ``infer``/``loss_terms`` are not ``forward``)."""
@@ -309,8 +318,12 @@ class Trainer:
             if clip:
                 self.scaler.unscale_(opt)
             if not fp16:   # fp16: the scaler finds inf/NaN gradients and skips the step itself
-                norm = torch.nn.utils.clip_grad_norm_(self.group_params[name],
-                                                      float(clip) if clip else math.inf)
+                params = self.group_params[name]
+                if clip:
+                    norm = torch.nn.utils.clip_grad_norm_(params, float(clip))
+                else:   # the check alone: the norm, without clip_grad_norm_'s pass that
+                    # multiplies every gradient by 1.0 (0.2-0.3 ms of a 3 ms CPU step)
+                    norm = _total_norm([p.grad for p in params if p.grad is not None])
                 if not bool(torch.isfinite(norm)):
                     return self._nonfinite(name, "gradient", terms)
             elif clip:
