@@ -51,6 +51,19 @@ def test_evaluate_other_split_and_last_checkpoint(runs, tmp_path, call):
     assert res["split"] == "val" and res["checkpoint"] == "last" and res["n"] == 40
 
 
+
+def test_evaluate_default_tiles_on_the_cpu_and_same_seed_same_nll(runs, tmp_path, call):
+    """On a CPU the default max_batch is 2048 pairs (k=3000: one example per call, two chunks
+    of 1500 samples each); eval.json records it, and the same seed gives the same NLL."""
+    run = runs["hvae"]
+    args = [f"run={run}", "k=3000", "n=6", "batch_size=4", "device=cpu", "progress=false"]
+    call("vae_train.evaluate", args, tmp_path)
+    first = json.loads((run / "eval.json").read_text())
+    assert first["max_batch"] == 2048 and first["n"] == 6 and first["k"] == 3000
+    call("vae_train.evaluate", args, tmp_path)
+    again = json.loads((run / "eval.json").read_text())
+    assert again["nll"] == first["nll"] and 0 < first["nll"] < -first["elbo"]
+
 @pytest.mark.parametrize("name,expected", [
     ("vae2d", {"samples", "reconstructions", "traversals", "interpolations", "manifold"}),
     ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples"}),

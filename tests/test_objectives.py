@@ -238,3 +238,77 @@ def test_hvae_log_densities_by_hand():
     assert torch.allclose(out["log_pz"], log_p, atol=1e-5)
     assert torch.allclose(out["log_px"], log_px, atol=1e-4)
     assert torch.allclose(out["kl_dims"].sum(-1), log_q - log_p, atol=1e-5)
+
+
+# -- the fast evaluation path: the same numbers as the plain one ------------------------------
+@pytest.mark.parametrize("shape", [(3, 5, 1, 28, 28), (2, 4, 1, 64, 64), (7, 2, 3, 5, 5),
+                                   (4, 1, 1, 1)])
+def test_bernoulli_without_gradient_is_the_same_log_likelihood(shape):
+    """The no-grad path (one log per group of pixels) against the per-pixel formula in
+    float64, for logits up to +-60 (exp(-|o|) underflows) and grey levels; ``out`` is left
+    as it was; with a gradient the autograd path is used and gives the same values."""
+    from vae_train.losses import BernoulliLikelihood, bernoulli_nll
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(shape, generator=g) * torch.tensor([0.1, 3.0, 20.0, 60.0])[
+        torch.randint(0, 4, shape, generator=g)]
+    x = torch.rand(shape[1:], generator=g)
+    x[..., 0] = (x[..., 0] > 0.5).float()                    # some exact 0s and 1s
+    ref = -bernoulli_nll(out.double(), x.double()).flatten(-3).sum(-1)
+    kept = out.clone()
+    with torch.no_grad():
+        fast = BernoulliLikelihood().log_prob(out, x)
+    assert fast.shape == shape[:-3] and fast.dtype == torch.float32
+    assert torch.equal(out, kept)
+    assert torch.allclose(fast.double(), ref, rtol=2e-6, atol=1e-4)
+    slow = BernoulliLikelihood().log_prob(out.requires_grad_(), x)
+    assert slow.requires_grad and torch.allclose(slow.detach().double(), ref, rtol=2e-6,
+                                                 atol=1e-4)
+
+
+def test_sample_chunks_are_balanced_and_bounded():
+    from vae_train.evaluate import sample_chunks
+
+    for k, chunk in ((5000, 2048), (5000, 163), (7, 100), (100, 1), (10, 3)):
+        sizes = sample_chunks(k, chunk)
+        assert sum(sizes) == k and max(sizes) <= chunk and max(sizes) - min(sizes) <= 1
+        assert len(sizes) == math.ceil(k / chunk)
+    assert sample_chunks(5000, 2048) == [1667, 1667, 1666]
+
+
+def test_fast_linears_give_the_same_outputs_and_are_undone():
+    from vae_train.evaluate import fast_linears
+
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16])
+    x = torch.rand(20, 1, 8, 8)
+    with torch.no_grad():
+        ref_enc, ref_dec = model.encoder(x.flatten(1)), model.decoder(torch.randn(50, 3))
+    torch.manual_seed(1)
+    z = torch.randn(50, 3)
+    with fast_linears(model) as patched, torch.no_grad():
+        assert patched in (0, 4)                  # 0 only where this build has no oneDNN
+        enc, dec = model.encoder(x.flatten(1)), model.decoder(z)
+        dec3 = model.decoder(z.view(5, 10, 3))    # leading dims kept
+        with torch.enable_grad():                 # gradients go through F.linear
+            loss = model.encoder(x.flatten(1)).sum()
+            loss.backward()
+    assert torch.allclose(enc, ref_enc, atol=1e-5)
+    assert torch.allclose(dec, model.decoder(z).detach(), atol=1e-5)
+    assert torch.allclose(dec3, dec.view(5, 10, -1), atol=1e-5)
+    assert model.encoder[0].weight.grad is not None
+    assert all("forward" not in vars(m) for m in model.modules())   # restored
+    assert ref_dec.shape == (50, 64)
+
+
+def test_evaluate_one_example_at_a_time_matches_the_exact_likelihood(linear_gaussian):
+    """max_batch < k: each call has one example and a chunk of its samples; the NLL is still
+    the k-sample estimate (close to the exact value) and every example is counted once."""
+    from vae_train.evaluate import evaluate
+
+    model, x = linear_gaussian
+    torch.manual_seed(0)
+    exact = -model.exact_log_px(x).mean().item()
+    res = evaluate(model, [(x[:100], None), (x[100:], None)], k=3000, max_batch=1000,
+                   threshold=0.01, total=len(x), progress=False)
+    assert res["n"] == 300 and abs(res["nll"] - exact) < 0.01, (res["nll"], exact)

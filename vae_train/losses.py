@@ -92,6 +92,38 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _BernoulliNLL.apply(logits, x)
 
 
+# Factors of 1 + exp(-|o|) lie in (1, 2]: a product of up to 126 of them stays below 2^126,
+# inside float32's range, so whole groups of pixels share one log.
+_LOG_GROUP = 120
+
+
+def _sum_log_small(a: torch.Tensor) -> torch.Tensor:
+    """sum(log(a), -1) for 1 < a <= 2, as the log of products over groups of at most
+    ``_LOG_GROUP`` entries: one log per group instead of one per entry. Each product's
+    relative rounding error is under 120 * 2^-24 (7e-6), so the result is within about
+    1e-5 nats of the entry-wise sum (itself rounded to float32)."""
+    d = a.shape[-1]
+    groups = -(-d // _LOG_GROUP)
+    size = -(-d // groups)
+    whole = (d // size) * size
+    total = a[..., :whole].unflatten(-1, (whole // size, size)).prod(-1).log_().sum(-1)
+    if whole < d:
+        total += a[..., whole:].prod(-1).log_()
+    return total
+
+
+def bernoulli_log_prob_sum(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum over the last dim of log Bernoulli(x | sigmoid(out)), without autograd: for
+    evaluation, where it is most of the time after the decoder's matmuls.
+
+    log p = sum_d (x_d o_d - relu(o_d)) - sum_d log(1 + exp(-|o_d|)): two passes that write
+    (|o| and relu), in-place updates, and one log per group of pixels (``_sum_log_small``)
+    in place of one per pixel; about 2x faster than ``bernoulli_nll`` on the CPU."""
+    e = out.abs().neg_().exp_().add_(1)                      # 1 + exp(-|o|) in (1, 2]
+    lin = out.clamp_min(0).addcmul_(out, x, value=-1)        # relu(o) - x o
+    return lin.sum(-1).neg_().sub_(_sum_log_small(e))
+
+
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = Bernoulli(sigmoid(logits)) per pixel, applied to grey levels in [0, 1].
 
@@ -105,6 +137,10 @@ class BernoulliLikelihood(nn.Module):
     name = "bernoulli"
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and out.requires_grad):
+            o, xf = out.float().flatten(-3), x.float().flatten(-3)
+            if torch.broadcast_shapes(o.shape, xf.shape) == o.shape:
+                return bernoulli_log_prob_sum(o, xf)                # no gradient: faster
         return -_sum_pixels(bernoulli_nll(out.float(), x.float()))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
