@@ -171,6 +171,8 @@ class Trainer:
                 find_unused_parameters=several)
         if cfg.device.get("compile", False):
             self.forward = _CompiledOrEager(self.forward)
+        elif self.world == 1:   # nothing wraps it: skip nn.Module.__call__'s hook machinery
+            self.forward = self.forward.forward
         self._agreed_stop = False    # several processes: a signal seen by any rank
         self._grad_weight = 1.0
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
