@@ -196,3 +196,38 @@ def test_two_srun_tasks_train_one_run(tmp_path):
     assert "test_disc_acc" in m
     assert "data-parallel over 2 processes" in outs[0] and outs[1].strip() == ""
     assert len(list(run.glob("events.out.tfevents*"))) == 1
+
+
+PRELUDE = '''
+import os, sys
+from vae_train import trainer
+forward = trainer._Forward.forward
+def nan_on_rank_1(self, x, y, step, phase):
+    out = forward(self, x, y, step, phase)
+    if step == 3 and os.environ["RANK"] == "1":
+        out = {**out, "loss": out["loss"] * float("nan")}
+    return out
+trainer._Forward.forward = nan_on_rank_1
+from vae_train.train import main
+sys.argv = ["vae_train", *sys.argv[1:]]
+main()
+'''
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Rank 1 alone sees a non-finite loss: all ranks agree on it before the backward pass,
+    so none waits forever for the others' gradients; rank 0 records the failure."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(PRELUDE)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), *TINY, "trainer.epochs=1", "trainer.batch_size=32",
+         f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "non-finite loss term on another rank at step 4 (epoch 1)" in text, text
+    assert "[rank 1] error: non-finite loss term loss at step 4" in text, text
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "failed" and m["failed_step"] == 4
