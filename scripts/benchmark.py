@@ -37,8 +37,7 @@ FLOPs per image (forward and backward of one step of every phase, counted by
 batch: matrix products and convolutions only, the optimizer not included) and the fraction of
 that peak the row reaches (``%peak``): vae-train img/s x FLOPs/img / peak.
 
-``--compile`` passes ``device.compile=true`` to vae-train (where its config has the key) and
-compiles the bare loop's loss the same way: the model and objective together
+``--compile`` passes ``device.compile=true`` to vae-train and compiles the bare loop's loss the same way: the model and objective together
 (``torch.compile`` of the networks alone gains nothing on the CPU: the matrix products are
 library calls either way, the gain is the loss's fused pointwise work). A schedule that is a
 Python function of the step (gumbel_vae's temperature) recompiles every step until Dynamo's
@@ -202,33 +201,6 @@ def compose(overrides_: list[str]):
         return hydra_compose(config_name="train", overrides=list(overrides_))
 
 
-def has_compile_key(cfg) -> bool:
-    """Whether this vae-train has ``device.compile`` (the CLI rows can ask for torch.compile)."""
-    return "compile" in cfg.device
-
-
-def channels_last(cfg, model, device: torch.device) -> bool:
-    """Whether vae-train puts this model in channels-last layout (where it has the option)."""
-    try:
-        from vae_train.trainer import wants_channels_last
-    except ImportError:
-        return False
-    return wants_channels_last(cfg.device.get("channels_last", False), model, device)
-
-
-def make_optimizers(cfg, objective, model) -> dict:
-    """One optimizer per parameter group, from the ``optimizer`` node with
-    ``optimizer.groups.<name>`` on top: what ``Trainer.__init__`` builds."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    opt_cfg.pop("lr_schedule")
-    group_cfgs = opt_cfg.pop("groups", None) or {}
-    return {name: instantiate({**opt_cfg, **(group_cfgs.get(name) or {})})(list(params))
-            for name, params in objective.parameter_groups(model).items()}
-
-
 def train_flops_per_image(cfg, epochs: int) -> tuple[list, dict]:
     """The objective's stages, and stage -> FLOPs of one training step (every phase's forward
     and backward) per image, counted on a CPU build of the config (FlopCounterMode has no
@@ -261,13 +233,15 @@ def run_bare(cfg, epochs: int, device: torch.device, amp_dtype, compile_: bool =
     test loss (the objective's ``loss`` in evaluation) of the final weights."""
     from vae_train.data import to_float
     from vae_train.train import build
+    from vae_train.trainer import build_optimizers, wants_channels_last
 
     torch.manual_seed(int(cfg.seed))
     dm, objective, model = build(cfg, device)
-    layout = channels_last(cfg, model, device)
+    layout = wants_channels_last(cfg.device.channels_last, model, device)
     if layout:   # as the trainer does (device.channels_last; auto: conv models on CUDA)
         model.to(memory_format=torch.channels_last)
-    optimizers = make_optimizers(cfg, objective, model)
+    optimizers, _ = build_optimizers(cfg, {name: list(params) for name, params
+                                           in objective.parameter_groups(model).items()})
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     amp = ((lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None
            else contextlib.nullcontext)
@@ -424,12 +398,11 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
     ov = overrides(model, root, args.epochs, args.device, precision, size)
     cfg = compose(ov)
     cli = list(ov)
-    compile_cli = bool(args.compile and has_compile_key(cfg))
-    if compile_cli:
+    if args.compile:
         cli.append("device.compile=true")
     rows = []
     base = {"model": model, "precision": precision, "compile": bool(args.compile),
-            "compile_cli": compile_cli, "dataset_train_size": size}
+            "compile_cli": bool(args.compile), "dataset_train_size": size}
     bare = vt = None
     errors = {}
     try:
@@ -551,8 +524,8 @@ def parse_args(argv=None):
     ap.add_argument("--precision", nargs="+", default=None, choices=list(PEAK_DTYPE),
                     help="device.precision values (default: 32, and bf16 too for model vae)")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile: device.compile=true for vae-train (where this vae-train "
-                         "has the key), the bare loop's loss and backward compiled")
+                    help="torch.compile: device.compile=true for vae-train, the bare loop's "
+                         "loss and backward compiled")
     ap.add_argument("--train-size", type=int, default=None,
                     help="dataset.train_size for every family (default: TRAIN_SIZE per family "
                          "on the CPU, all images on a GPU)")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TINY, compose_cfg, run_cli
+from vae_train.config import validate
 from vae_train.errors import UserError
 from vae_train.train import build
 
@@ -17,8 +18,11 @@ SMALL = ["dataset=synthetic", "dataset.num_train=400", "dataset.num_test=100", "
 
 
 def _build(extra=()):
+    """As the entry point does: the config's checks, then the build."""
+    cfg = compose_cfg([*SMALL, *extra])
+    validate(cfg)
     torch.manual_seed(0)
-    return build(compose_cfg([*SMALL, *extra]), torch.device("cpu"))
+    return build(cfg, torch.device("cpu"))
 
 
 def test_labeled_subset_is_balanced_deterministic_and_from_the_training_split():

@@ -219,14 +219,14 @@ PAUSE_IN_EPOCH_2 = """
 import pathlib, time
 from vae_train.trainer import Trainer
 _step = Trainer.train_step
-def paused(self, x, y):
+def paused(self, x, y, *rest):
     if self.step == self.steps_per_epoch + 3:   # the 4th step of epoch 2: wait for a signal
         pathlib.Path(self.run_dir, "paused").touch()
         for _ in range(600):
             if self._stop_signal is not None:
                 break
             time.sleep(0.05)
-    return _step(self, x, y)
+    return _step(self, x, y, *rest)
 Trainer.train_step = paused
 """
 

@@ -180,6 +180,13 @@ def rank0_first():
             dist.barrier()
 
 
+def seed_rank(seed: int) -> None:
+    """Ranks 1..: a random stream of their own (noise, dynamic binarization); rank 0 keeps
+    the one it has, so that one process and rank 0 draw alike."""
+    if rank():
+        torch.manual_seed(seed * 1000 + rank())
+
+
 def shard(n: int) -> tuple[int, int]:
     """This rank's [start, stop) of ``n`` items split into near-equal contiguous parts."""
     r, world = rank(), world_size()

@@ -223,8 +223,7 @@ def _run(cfg: DictConfig) -> float:
     if wants_channels_last(cfg.device.channels_last, model, device):
         model.to(memory_format=torch.channels_last)   # conv kernels' preferred layout on GPUs
         dm.memory_format = torch.channels_last
-    if not main_rank:   # the same initial weights on every rank, but each its own noise
-        torch.manual_seed(int(cfg.seed) * 1000 + distributed.rank())
+    distributed.seed_rank(int(cfg.seed))   # the same initial weights, each rank its own noise
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s on %s %s (train %d, val %d, test %d), %s parameters, %s, precision %s",
              type(model).__name__, dm.name, "x".join(map(str, dm.shape)), len(dm.train),

@@ -49,6 +49,30 @@ def lr_factor_fn(sched_cfg, steps_per_epoch: int, total_steps: int):
     return factor
 
 
+def build_optimizers(cfg, groups: dict) -> tuple[dict, dict]:
+    """One optimizer per named parameter group: the ``optimizer`` node with
+    ``optimizer.groups.<name>.*`` on top. Returns (optimizers, their ``_target_`` by group);
+    an unknown group or a setting the optimizer refuses is one line."""
+    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    opt_cfg.pop("lr_schedule")
+    group_cfgs = opt_cfg.pop("groups", None) or {}
+    unknown = sorted(set(group_cfgs) - set(groups))
+    if unknown:
+        raise UserError(f"optimizer.groups.{unknown[0]}: this model has no parameter group "
+                        f"{unknown[0]!r}; its groups are {', '.join(groups)}")
+    optimizers, targets = {}, {}
+    for name, params in groups.items():
+        one = {**opt_cfg, **(group_cfgs.get(name) or {})}
+        targets[name] = one["_target_"]
+        where = f"optimizer.groups.{name}" if name in group_cfgs else "optimizer"
+        try:
+            optimizers[name] = instantiate(one)(params)
+        except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
+            raise UserError(f"{where}={one['_target_']} cannot be built from these "
+                            f"settings: {first_line(e)}") from None
+    return optimizers, targets
+
+
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all gradients together (what clip_grad_norm_ computes)."""
     if hasattr(torch.nn.utils, "get_total_norm"):   # torch >= 2.6: foreach kernels
@@ -127,9 +151,7 @@ class Trainer:
         if 0 < n % self.global_batch < self.world:   # a last share would be empty: dropped
             self.steps_per_epoch -= 1
 
-        opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-        sched_cfg = opt_cfg.pop("lr_schedule")
-        group_cfgs = opt_cfg.pop("groups", None) or {}
+        sched_cfg = OmegaConf.to_container(cfg.optimizer.lr_schedule, resolve=True)
         # Stages run one after the other, each for its epochs (most objectives have one;
         # VQ-VAE's second trains its prior); within a stage, each step runs the stage's
         # phases in order, each updating one named parameter group with its own optimizer
@@ -139,25 +161,12 @@ class Trainer:
         self.total_epochs = sum(e for _, e, _ in self.stages)
         self.lr_factor = lr_factor_fn(sched_cfg, self.steps_per_epoch,
                                       self.steps_per_epoch * self.total_epochs)
-        groups = objective.parameter_groups(model)
         self.stage, self.phases = self.stages[0][0], self.stages[0][2]
-        unknown = sorted(set(group_cfgs) - set(groups))
-        if unknown:
-            raise UserError(f"optimizer.groups.{unknown[0]}: this model has no parameter group "
-                            f"{unknown[0]!r}; its groups are {', '.join(groups)}")
-        self.group_params = {name: list(params) for name, params in groups.items()}
-        self.optimizers, self.schedulers, self.optimizer_targets = {}, {}, {}
-        for name, params in self.group_params.items():
-            one = {**opt_cfg, **(group_cfgs.get(name) or {})}
-            self.optimizer_targets[name] = one["_target_"]
-            where = f"optimizer.groups.{name}" if name in group_cfgs else "optimizer"
-            try:
-                self.optimizers[name] = instantiate(one)(params)
-            except Exception as e:  # noqa: BLE001 - a bad optimizer setting, in one line
-                raise UserError(f"{where}={one['_target_']} cannot be built from these "
-                                f"settings: {first_line(e)}") from None
-            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[name],
-                                                                      self.lr_factor)
+        self.group_params = {name: list(params)
+                             for name, params in objective.parameter_groups(model).items()}
+        self.optimizers, self.optimizer_targets = build_optimizers(cfg, self.group_params)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+                           for name, opt in self.optimizers.items()}
         self.optimizer = next(iter(self.optimizers.values()))  # the first (or only) group's
         self.forward = _Forward(model, objective)
         if self.world > 1:
@@ -174,7 +183,6 @@ class Trainer:
         elif self.world == 1:   # nothing wraps it: skip nn.Module.__call__'s hook machinery
             self.forward = self.forward.forward
         self._agreed_stop = False    # several processes: a signal seen by any rank
-        self._grad_weight = 1.0
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.shuffle_gen = torch.Generator().manual_seed(int(cfg.seed))
 
@@ -218,7 +226,7 @@ class Trainer:
         else:   # the rest of an epoch that a signal stopped (see _stop_here)
             perm = partial["perm"].to(self.device)
             first, before = int(partial["batch"]), float(partial["seconds"])
-            own = partial.get("ranks", [partial])[self.rank]
+            own = partial["ranks"][self.rank] if "ranks" in partial else partial  # (older)
             self._epoch_examples = int(own["examples"])
             for k, v in own["sums"].items():
                 sums[k] = v.to(self.device)
@@ -266,12 +274,11 @@ class Trainer:
         self.train_time += time.perf_counter() - session_start
         self.train_images += (batch - session_first) * self.global_batch
         # every rank's running sums (several processes: gathered, each resumes its own)
-        mine = {"sums": {k: v.detach().cpu() for k, v in sums.items()},
-                "examples": self._epoch_examples}
-        ranks = distributed.gather(mine)
+        ranks = distributed.gather({"sums": {k: v.detach().cpu() for k, v in sums.items()},
+                                    "examples": self._epoch_examples})
         state = self.state_dict()
         state["partial_epoch"] = {
-            "epoch": epoch, "batch": batch, "perm": perm.cpu(), "world": self.world, **mine,
+            "epoch": epoch, "batch": batch, "perm": perm.cpu(), "world": self.world,
             "ranks": ranks, "seconds": time.perf_counter() - epoch_start}
         self._save(state, "last.pt")
         self._exit_on_signal(f"in epoch {epoch} after batch {batch} of {self.steps_per_epoch}; "
@@ -289,7 +296,7 @@ class Trainer:
         if self.rank == 0:
             checkpoint.save_atomic(state, self.ckpt_dir / name)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
         ``loss`` is the first phase's (the run's headline loss). A non-finite loss term or
         gradient stops the run (``trainer.nonfinite=stop``) or skips the step (``skip``: None
@@ -313,9 +320,7 @@ class Trainer:
                                        terms)
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
-            loss = terms["loss"]
-            if self._grad_weight != 1.0:   # a rank's smaller share of the last batch
-                loss = loss * self._grad_weight
+            loss = terms["loss"] if weight == 1.0 else terms["loss"] * weight
             self.scaler.scale(loss).backward()
             if clip:
                 self.scaler.unscale_(opt)
@@ -376,13 +381,12 @@ class Trainer:
         for i in range(first, self.steps_per_epoch):
             if self._stopping():
                 self._stop_here(epoch, i, perm, sums, epoch_start)
-            idx = perm[i * bs:(i + 1) * bs]
+            idx, weight = perm[i * bs:(i + 1) * bs], 1.0
             if self.world > 1:   # this rank's share; DDP averages the ranks' gradients, so a
                 # share of a smaller last batch weighs its loss by its size
                 start, stop = distributed.shard(len(idx))
-                self._grad_weight = (stop - start) * self.world / len(idx)
-                idx = idx[start:stop]
-            terms = self.train_step(*self.data.train_batch(idx))
+                idx, weight = idx[start:stop], (stop - start) * self.world / len(idx)
+            terms = self.train_step(*self.data.train_batch(idx), weight)
             bar.update()
             if terms is None:   # a skipped non-finite step
                 continue
@@ -595,7 +599,7 @@ class Trainer:
         else:   # another number of processes: the same data order, fresh noise per rank
             self._set_rng_state(state["rng"])
             if self.rank:
-                torch.manual_seed(int(self.cfg.seed) * 1000 + self.rank + self.epoch)
+                distributed.seed_rank(int(self.cfg.seed) + self.epoch)
             log.warning("resuming with %d process(es), the checkpoint was written by %d: the "
                         "run continues, but not bit for bit as with %d", self.world,
                         saved_world, saved_world)

@@ -54,16 +54,6 @@ from vae_train.nets.mlp import activation as make_activation
 DEFAULT_LABELED = 100
 
 
-def _positive_ints(name: str, values, allow_empty: bool = False) -> list[int]:
-    values = list(values)
-    ok = (allow_empty or values) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                         for v in values)
-    if not ok:
-        raise UserError(f"model.{name}={values} is invalid: it must be a "
-                        f"{'' if allow_empty else 'non-empty '}list of positive integers")
-    return [int(v) for v in values]
-
-
 class _ClassEmbedding(nn.Embedding):
     """The one-hot class input of a linear layer: row y of the weight, initialised like
     ``nn.Linear(K, width)`` would be (uniform in +-1/sqrt(K))."""
@@ -113,24 +103,15 @@ class M2(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise UserError("model=m2 needs a labelled data set with at least 2 classes")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or \
-                not math.isfinite(alpha) or alpha < 0:
-            raise UserError(f"model.alpha={alpha} is invalid: it must be a number >= 0")
-        for key, value, low in (("labeled_batch_size", labeled_batch_size, 1),
-                                ("labeled_seed", labeled_seed, 0),
-                                ("latent_dim", latent_dim, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UserError(f"model.{key}={value} is invalid: it must be an integer >= {low}")
-        hidden = _positive_ints("hidden_dims", hidden_dims)
-        classifier = _positive_ints("classifier_dims", classifier_dims, allow_empty=True)
+        # Values are range-checked with the rest of the config (config.CHECKS), before any
+        # data is read; M2 alone needs a hidden layer: the class enters the networks there.
+        hidden, classifier = [int(h) for h in hidden_dims], [int(h) for h in classifier_dims]
+        if not hidden:
+            raise UserError("model.hidden_dims=[] is invalid: model=m2 needs at least one "
+                            "hidden layer (the class enters its networks there)")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
         self.latent_dim = int(latent_dim)
-        if labeled_weight is not None and (
-                isinstance(labeled_weight, bool) or not isinstance(labeled_weight, (int, float))
-                or not math.isfinite(labeled_weight) or labeled_weight < 0):
-            raise UserError(f"model.labeled_weight={labeled_weight} is invalid: it must be null "
-                            "(the paper's N_labeled / N) or a number >= 0")
         self.alpha = float(alpha)
         self.labeled_weight_cfg = None if labeled_weight is None else float(labeled_weight)
         self.labeled_batch_size = int(labeled_batch_size)
