@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training speed of every model family: vae-train vs a bare loop (and the classic example).
 
-Every family (``configs/model/*.yaml``) trains on Fashion-MNIST at its config's defaults
+Every family (``configs/model/*.yaml``, and a model of your own found through
+``--override hydra.searchpath=[file://DIR]``) trains on Fashion-MNIST at its config's defaults
 (batch 128, Adam 1e-3) on one device, at each precision asked for, in one run on this machine.
 Rows, for each family and precision:
 
@@ -9,17 +10,20 @@ Rows, for each family and precision:
                   trainer.progress=false ...`` in a subprocess with its run directory in a
                   temporary folder (validation pass, checkpoints, TensorBoard and pictures
                   included); its train images per second and seconds come from the run's
-                  ``metrics.json``. ``dataset.train_size`` cuts the epoch of the slow families
-                  (``TRAIN_SIZE`` below, or ``--train-size``); a tenth of it is validation;
+                  ``metrics.json``. On a CPU ``dataset.train_size`` cuts the epoch of the
+                  families whose step costs most (``--train-size``, or by default as many
+                  images as an epoch of ``EPOCH_FLOPS`` training FLOPs holds); a tenth of it
+                  is validation;
 * ``bare``      - the floor: the same model, objective and optimizer(s), built by
-                  ``vae_train.train.build`` from the same composed config (so the same training
+                  ``vae_train.build.build`` from the same composed config (so the same training
                   images and batch), trained by a hand-written loop over the images pre-loaded
                   as one float tensor on the device: no checks, no logging, no progress bar,
                   no validation. A multi-phase model (aae: autoencoder, discriminator,
                   generator) steps each phase's optimizer in order on every batch, as the
                   trainer does; a multi-stage model (vqvae: autoencoder, then its PixelCNN
-                  prior, ``model.prior_epochs`` = ``--epochs`` here) runs its stages one after
-                  the other and gets one row per stage;
+                  prior) runs its stages one after the other, each for ``--epochs`` epochs
+                  (a stage's length is the model option ``<stage>_epochs``), and gets one row
+                  per stage;
 * ``ratio``     - vae-train img/s over bare img/s (1.00: the trainer costs nothing).
 
 and for the classic 784-400-20 MLP VAE (``model=vae``, summed BCE) also:
@@ -55,7 +59,7 @@ load average was above the number of cores.
 Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3]
             [--device cpu|cuda|auto] [--precision 32 bf16 16] [--compile] [--train-size N]
             [--threads N] [--no-classic] [--no-cli] [--peak-size N] [--data-root DIR]
-            [--out outputs/benchmark.json]
+            [--override KEY=VALUE ...] [--out outputs/benchmark.json]
 """
 
 from __future__ import annotations
@@ -82,15 +86,12 @@ from torch import nn
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]
-FAMILIES = ["vae", "conv_vae", "cvae", "hvae", "vqvae", "gumbel_vae", "aae", "rnn_vae", "m2"]
-# Training images read (dataset.train_size; a tenth of them validate) per family, so that the
-# default run (3 epochs, every family, fp32 plus bf16 for vae) takes about 10-15 minutes on a
-# 2-core CPU. None: all 60,000. On a GPU every family uses all of them.
-TRAIN_SIZE = {"vae": None, "conv_vae": None, "cvae": None, "hvae": None, "vqvae": 20000,
-              "gumbel_vae": None, "aae": None, "rnn_vae": 12000, "m2": 40000}
 FULL_EPOCH = 54000   # training images of a full Fashion-MNIST epoch (val_size 0.1)
-# Extra overrides per family: the VQ-VAE's prior stage runs as many epochs as its first.
-EXTRA = {"vqvae": lambda epochs: [f"model.prior_epochs={epochs}"]}
+# On a CPU, a family whose training step costs more than this many FLOPs per full epoch (of
+# its costliest stage) trains on fewer images (dataset.train_size), so that the default run
+# (3 epochs, every family, fp32 plus bf16 for vae) takes about 10-15 minutes on a 2-core CPU;
+# 1.4 TFLOP is a full epoch of conv_vae. On a GPU every family uses all the images.
+EPOCH_FLOPS = 1.4e12
 PEAK_DTYPE = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
@@ -180,15 +181,38 @@ def run_classic(root: Path, epochs: int, device: torch.device) -> dict:
 
 
 # -- configs and the models as the trainer builds them ----------------------------------------
+def families() -> list[str]:
+    """Every model option vae-train ships (configs/model/*.yaml)."""
+    from vae_train.train import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
 def overrides(model: str, root: Path, epochs: int, device: str, precision: str,
-              train_size: int | None) -> list[str]:
+              train_size: int | None, extra=()) -> list[str]:
     """The command-line overrides of one family's run (shared by both rows)."""
-    out = [f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}",
+    out = [*extra, f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}",
            "dataset.download=false", f"trainer.epochs={epochs}", f"device={device}",
-           f"device.precision={precision}", *EXTRA.get(model, lambda e: [])(epochs)]
+           f"device.precision={precision}"]
     if train_size:
         out.append(f"dataset.train_size={train_size}")
     return out
+
+
+def stage_lengths(cfg, stages, epochs: int) -> list[str]:
+    """Overrides that give every later stage ``epochs`` epochs too: a stage's length is the
+    model option ``<stage>_epochs`` (vae_train.models.base.Stage)."""
+    return [f"model.{s.name}_epochs={epochs}" for s in stages[1:]
+            if f"{s.name}_epochs" in cfg.model]
+
+
+def default_train_size(flops: dict, device: torch.device) -> int | None:
+    """dataset.train_size for a family on this device: all images on a GPU; on a CPU as many
+    as ``EPOCH_FLOPS`` of its costliest stage hold (None: all of them fit)."""
+    worst = max(flops.values(), default=0)
+    if device.type != "cpu" or not worst or worst * FULL_EPOCH <= EPOCH_FLOPS:
+        return None
+    return max(1000, round(EPOCH_FLOPS / worst / 0.9, -3))   # a tenth of it validates
 
 
 def compose(overrides_: list[str]):
@@ -207,18 +231,19 @@ def train_flops_per_image(cfg, epochs: int) -> tuple[list, dict]:
     formula for cuDNN's RNN kernels; on the CPU a GRU is matrix products it counts)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vae_train.build import build
     from vae_train.data import to_float
-    from vae_train.train import build
+    from vae_train.models.base import set_stage, stages_of
 
     torch.manual_seed(0)
     dm, objective, model = build(cfg, torch.device("cpu"))
     model.train()
     bs = int(cfg.trainer.batch_size)
     x, y = to_float(dm.train.x[:bs]), dm.train.y[:bs]
-    stages = [(s, int(e), tuple(p)) for s, e, p in objective.stages(epochs)]
+    stages = stages_of(model, epochs)
     out = {}
     for stage, _, phases in stages:
-        objective.set_stage(stage)
+        set_stage(model, stage)
         with FlopCounterMode(display=False) as counter:
             for phase in phases:
                 objective(model, x, y, step=0, phase=phase)["loss"].backward()
@@ -231,17 +256,18 @@ def run_bare(cfg, epochs: int, device: torch.device, amp_dtype, compile_: bool =
     """The floor: the trainer's model, objective, optimizers, data and batch size, in a
     hand-written loop over pre-loaded float tensors. Returns per-stage epoch times and the
     test loss (the objective's ``loss`` in evaluation) of the final weights."""
+    from vae_train.build import build
     from vae_train.data import to_float
-    from vae_train.train import build
-    from vae_train.trainer import build_optimizers, wants_channels_last
+    from vae_train.device import wants_channels_last
+    from vae_train.models.base import parameter_groups_of, set_stage, stages_of
+    from vae_train.training.optim import build_optimizers
 
     torch.manual_seed(int(cfg.seed))
     dm, objective, model = build(cfg, device)
     layout = wants_channels_last(cfg.device.channels_last, model, device)
     if layout:   # as the trainer does (device.channels_last; auto: conv models on CUDA)
         model.to(memory_format=torch.channels_last)
-    optimizers, _ = build_optimizers(cfg, {name: list(params) for name, params
-                                           in objective.parameter_groups(model).items()})
+    optimizers, _ = build_optimizers(cfg, parameter_groups_of(model, objective))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     amp = ((lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None
            else contextlib.nullcontext)
@@ -256,11 +282,11 @@ def run_bare(cfg, epochs: int, device: torch.device, amp_dtype, compile_: bool =
     if compile_:   # the whole loss (model and objective): compiling only the networks gains
         loss_of = torch.compile(loss_of)   # nothing on the CPU; the loss's pointwise ops fuse
     graphs0 = _compiled_graphs()
-    stages = objective.stages(epochs)
+    stages = stages_of(model, epochs)
     out, step = {}, 0
     model.train()
     for stage, stage_epochs, phases in stages:
-        objective.set_stage(stage)
+        set_stage(model, stage)
         times = []
         for _ in range(stage_epochs):
             sync(device)
@@ -391,20 +417,33 @@ def peaks(device: torch.device, precisions: list[str], n: int | None = None) -> 
 # -- one family -----------------------------------------------------------------------------
 def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device: torch.device,
                  env: dict, log=print) -> list[dict]:
-    from vae_train.config import PRECISIONS
+    from vae_train.device import PRECISIONS
 
-    size = args.train_size if args.train_size is not None else (
-        TRAIN_SIZE.get(model) if device.type == "cpu" else None)
-    ov = overrides(model, root, args.epochs, args.device, precision, size)
+    rows = []
+    base = {"model": model, "precision": precision, "compile": bool(args.compile),
+            "compile_cli": bool(args.compile)}
+    errors = {}
+    # The FLOPs of a step at the config's defaults, which also give the stages: every later
+    # stage then runs --epochs epochs, and the FLOPs choose the training images on a CPU.
+    extra = list(args.override)
+    try:
+        cfg = compose(overrides(model, root, args.epochs, args.device, precision, None, extra))
+        stages, flops = train_flops_per_image(cfg, args.epochs)
+        lengths = stage_lengths(cfg, stages, args.epochs)
+        extra += lengths
+        stages = [(s.name, args.epochs if i == 0 or f"model.{s.name}_epochs={args.epochs}"
+                   in lengths else s.epochs, s.phases) for i, s in enumerate(stages)]
+    except Exception as e:  # noqa: BLE001
+        stages, flops = None, {}
+        errors["flops"] = f"{type(e).__name__}: {e}"
+    size = args.train_size if args.train_size is not None else default_train_size(flops, device)
+    base["dataset_train_size"] = size
+    ov = overrides(model, root, args.epochs, args.device, precision, size, extra)
     cfg = compose(ov)
     cli = list(ov)
     if args.compile:
         cli.append("device.compile=true")
-    rows = []
-    base = {"model": model, "precision": precision, "compile": bool(args.compile),
-            "compile_cli": bool(args.compile), "dataset_train_size": size}
     bare = vt = None
-    errors = {}
     try:
         log(f"[{model} {precision}] bare loop ...")
         bare = run_bare(cfg, args.epochs, device, PRECISIONS[precision], args.compile)
@@ -416,11 +455,8 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
             vt = run_vae_train(cli, tmp, f"{model}-{precision}", env)
         except Exception as e:  # noqa: BLE001
             errors["vae_train"] = str(e)
-    try:
-        stages, flops = train_flops_per_image(cfg, args.epochs)
-    except Exception as e:  # noqa: BLE001
-        stages, flops = [("train", args.epochs, ("main",))], {}
-        errors["flops"] = f"{type(e).__name__}: {e}"
+    if stages is None:
+        stages = [("train", args.epochs, ("main",))]
     vt_stages = split_stages(vt["epochs"], stages) if vt else {}
     for stage, _, phases in stages:
         row = {**base, "stage": stage if len(stages) > 1 else None, "phases": list(phases)}
@@ -517,8 +553,9 @@ def table(report: dict) -> str:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=FAMILIES, choices=FAMILIES, metavar="MODEL",
-                    help=f"model families (default: all: {' '.join(FAMILIES)})")
+    ap.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                    help="model options (default: every one in configs/model/); a model of "
+                         "your own by its config name, with --override hydra.searchpath=...")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per stage (default 3)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--precision", nargs="+", default=None, choices=list(PEAK_DTYPE),
@@ -527,8 +564,11 @@ def parse_args(argv=None):
                     help="torch.compile: device.compile=true for vae-train, the bare loop's "
                          "loss and backward compiled")
     ap.add_argument("--train-size", type=int, default=None,
-                    help="dataset.train_size for every family (default: TRAIN_SIZE per family "
-                         "on the CPU, all images on a GPU)")
+                    help="dataset.train_size for every family (default: on a CPU, as many "
+                         "images as EPOCH_FLOPS hold, all of them on a GPU)")
+    ap.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="more overrides for every run, e.g. hydra.searchpath=[file://conf] "
+                         "to find a model of your own")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads here and OMP_NUM_THREADS for vae-train (default: torch's)")
     ap.add_argument("--no-classic", action="store_true", help="skip the classic example row")
@@ -540,6 +580,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.epochs < 1:
         ap.error("--epochs must be at least 1")
+    args.models = args.models or families()
     return args
 
 
@@ -566,6 +607,7 @@ def main(argv=None) -> dict:
             for p in (args.precision or (["32", "bf16"] if m == "vae" else ["32"]))]
     precisions = sorted({p for _, p in jobs}, key=list(PEAK_DTYPE).index)
     report = {"device": str(device), "device_name": device_name(device),
+              "overrides": list(args.override),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "epochs": args.epochs, "compile": bool(args.compile),

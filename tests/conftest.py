@@ -41,8 +41,8 @@ def make_trainer(overrides, folder):
     import torch
 
     from vae_train.logging import TBLogger
-    from vae_train.train import build
-    from vae_train.trainer import Trainer
+    from vae_train.build import build
+    from vae_train.training.trainer import Trainer
 
     cfg = compose_cfg(overrides)
     torch.manual_seed(0)

@@ -11,8 +11,8 @@ from conftest import TINY, compose_cfg, make_trainer, run_cli
 from vae_train.errors import UserError
 from vae_train.logging import TBLogger
 from vae_train.models.aae import MixturePrior
-from vae_train.train import build
-from vae_train.trainer import Trainer
+from vae_train.build import build
+from vae_train.training.trainer import Trainer
 
 SMALL = ["dataset=synthetic", "dataset.num_train=200", "dataset.num_test=50", "model=aae"]
 
@@ -38,7 +38,7 @@ def test_each_phase_moves_only_its_group(tmp_path):
     tr = _trainer(tmp_path)
     model, objective = tr.model, tr.objective
     assert tr.phases == ("autoencoder", "discriminator", "generator")
-    assert set(tr.optimizers) == {"autoencoder", "discriminator", "generator"}
+    assert set(tr.optim.optimizers) == {"autoencoder", "discriminator", "generator"}
     x, y = tr.data.train_batch(torch.arange(32))
     expect = {"autoencoder": {"encoder", "decoder"}, "discriminator": {"discriminator"},
               "generator": {"encoder", "discriminator"}}   # the generator's loss passes D
@@ -51,7 +51,7 @@ def test_each_phase_moves_only_its_group(tmp_path):
                       for p in getattr(model, name).parameters())}
         assert got == nets, phase
     # ...but the generator's optimizer holds only the encoder: D is not updated by that step
-    gen_params = {id(p) for g in tr.optimizers["generator"].param_groups for p in g["params"]}
+    gen_params = {id(p) for g in tr.optim.optimizers["generator"].param_groups for p in g["params"]}
     assert gen_params == {id(p) for p in model.encoder.parameters()}
 
 
@@ -60,7 +60,7 @@ def test_discriminator_learns_to_tell_codes_from_the_prior(tmp_path):
     tr = _trainer(tmp_path, ["model.latent_dim=2"])
     model = tr.model
     x, y = tr.data.train_batch(torch.arange(64))
-    opt = tr.optimizers["discriminator"]
+    opt = tr.optim.optimizers["discriminator"]
     with torch.no_grad():
         z = model.encode(x) + 4.0             # codes well off the prior
     for _ in range(150):
@@ -88,6 +88,7 @@ def test_aae_with_its_own_loss_refuses_another(tmp_path):
         build(compose_cfg([*SMALL, "loss=iwae"]), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_aae_trains_evaluates_samples_and_resumes(tmp_path, call):
     run = tmp_path / "aae"
     run_cli([*TINY, "model=aae", "model.latent_dim=2", "model.prior=mixture", "trainer.epochs=2",
@@ -140,6 +141,6 @@ def test_three_optimizers_resume_to_the_same_weights(tmp_path):
     assert a.step == b.step
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
-    for name in a.optimizers:
-        sa, sb = a.optimizers[name].state_dict()["state"], b.optimizers[name].state_dict()["state"]
+    for name in a.optim.optimizers:
+        sa, sb = a.optim.optimizers[name].state_dict()["state"], b.optim.optimizers[name].state_dict()["state"]
         assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa), name

@@ -20,6 +20,7 @@ def only_run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
+@pytest.mark.slow
 def test_a_run_writes_everything_a_user_needs(tmp_path):
     proc = run_cli([*TINY, "trainer.epochs=2", "model.latent_dim=2"], tmp_path)
     run = only_run_dir(tmp_path)                       # outputs/<date>/<time>
@@ -63,6 +64,7 @@ def test_a_run_writes_everything_a_user_needs(tmp_path):
     assert hp["model.latent_dim"].number_value == 2 and hp["loss.beta"].number_value == 1
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_cli([*TINY, "trainer.epochs=3", f"hydra.run.dir={full}"], tmp_path)
@@ -84,6 +86,7 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     assert len(list(tmp_path.glob("outputs/*/*"))) == 0   # resume stayed in its directory
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_run_per_combination(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(["-m", "loss.beta=0.5,1,4", "model.latent_dim=2,16", *TINY, "trainer.epochs=1",
@@ -123,6 +126,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(args, needle, tmp_path):
     args = [a.replace("DATA", str(tmp_path / "empty")) for a in args]
     base = [a for a in TINY if not (a.startswith("dataset") and any(
@@ -135,6 +139,7 @@ def test_bad_input_is_one_clear_line(args, needle, tmp_path):
     assert not list(tmp_path.glob("outputs/*/*/metrics.json"))
 
 
+@pytest.mark.slow
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     (tmp_path / "notarun").mkdir()
     proc = run_cli([f"resume={tmp_path / 'notarun'}"], tmp_path, check=False)
@@ -142,6 +147,7 @@ def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_console_script_and_zero_epochs(tmp_path):
     exe = shutil.which("vae-train") or str(Path(sys.executable).parent / "vae-train")
     import subprocess
@@ -154,6 +160,7 @@ def test_console_script_and_zero_epochs(tmp_path):
     assert m["best_val_loss"] is None                        # strict JSON: no NaN
 
 
+@pytest.mark.slow
 def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
@@ -169,6 +176,7 @@ def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_copied_elsewhere_opens_a_new_run(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
@@ -210,6 +218,7 @@ def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path):
         checkpoint.load(tmp_path / "foreign.pt")
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_job_does_not_lose_the_others(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "model.latent_dim=0,2", "loss.beta=1,-1", *TINY, "trainer.epochs=1",
@@ -236,6 +245,7 @@ def test_sweep_presets_set_the_sweepers_grid(preset):
     assert params and all("," in str(v) or k == "model.latent_dim" for k, v in params.items())
 
 
+@pytest.mark.slow
 def test_a_sweep_preset_runs_with_a_key_narrowed_on_the_command_line(tmp_path):
     sweep = tmp_path / "preset"
     run_cli(["-m", "sweep=beta_latent", "loss.beta=1,4", "model.latent_dim=2", *TINY,

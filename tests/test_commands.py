@@ -1,11 +1,24 @@
 """``evaluate`` and ``sample`` on small trained runs, through their real command lines."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import TINY, run_cli, run_module
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_v0_1"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A small trained VAE with a 2-D code (the kept fixture run, copied): for the tests that
+    need any trained run, without training one."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    shutil.copytree(FIXTURE, run)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +33,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["vae2d", "cvae", "hvae"])
+@pytest.mark.slow
 def test_evaluate_writes_eval_json(runs, name, tmp_path, call):
     run = runs[name]
     proc = (run_module if name == "vae2d" else call)("vae_train.evaluate", [f"run={run}", "k=50", "n=120", "batch_size=50",
@@ -43,8 +57,8 @@ def test_evaluate_writes_eval_json(runs, name, tmp_path, call):
     assert "eval_test/nll_k50" in tags and "eval_test/active_units" in tags
 
 
-def test_evaluate_other_split_and_last_checkpoint(runs, tmp_path, call):
-    run = runs["vae2d"]
+def test_evaluate_other_split_and_last_checkpoint(tiny_run, tmp_path, call):
+    run = tiny_run
     call("vae_train.evaluate", [f"run={run}", "k=5", "n=40", "split=val",
                                       "checkpoint=last", "progress=false"], tmp_path)
     res = json.loads((run / "eval_val.json").read_text())
@@ -52,6 +66,7 @@ def test_evaluate_other_split_and_last_checkpoint(runs, tmp_path, call):
 
 
 
+@pytest.mark.slow
 def test_evaluate_default_tiles_on_the_cpu_and_same_seed_same_nll(runs, tmp_path, call):
     """On a CPU the default max_batch is 2048 pairs (k=3000: one example per call, two chunks
     of 1500 samples each); eval.json records it, and the same seed gives the same NLL."""
@@ -69,6 +84,7 @@ def test_evaluate_default_tiles_on_the_cpu_and_same_seed_same_nll(runs, tmp_path
     ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples"}),
     ("hvae", {"samples", "reconstructions", "traversals", "interpolations"}),
 ])
+@pytest.mark.slow
 def test_sample_writes_the_pictures(runs, name, expected, tmp_path, call):
     run = runs[name]
     out = tmp_path / "pics"
@@ -85,8 +101,8 @@ def test_sample_writes_the_pictures(runs, name, expected, tmp_path, call):
     assert "sample/traversals" in tags
 
 
-def test_sample_is_seeded(runs, tmp_path, call):
-    run = runs["vae2d"]
+def test_sample_is_seeded(tiny_run, tmp_path, call):
+    run = tiny_run
     for name in ("a", "b"):
         call("vae_train.sample", [f"run={run}", "n=9", "seed=3", f"out={tmp_path / name}"],
                    tmp_path)
@@ -104,19 +120,21 @@ def test_sample_is_seeded(runs, tmp_path, call):
     ("vae_train.sample", ["run=RUN", "n=0"], "n=0"),
     ("vae_train.sample", ["run=RUN", "checkpoint=/no/such.pt"], "no checkpoint"),
 ])
-def test_bad_arguments_are_one_line(runs, module, args, needle, tmp_path, call):
-    args = [a.replace("RUN", str(runs["vae2d"])) for a in args]
+def test_bad_arguments_are_one_line(tiny_run, module, args, needle, tmp_path, call):
+    args = [a.replace("RUN", str(tiny_run)) for a in args]
     proc = call(module, args, tmp_path, check=False)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_argument_from_the_command_line(tmp_path):
     proc = run_module("vae_train.evaluate", ["k=5"], tmp_path, check=False)
     assert proc.returncode == 2 and "run=... is required" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_finds_the_data_from_anywhere(tmp_path, call, monkeypatch):
     """Training resolved dataset.root=data against its working directory; evaluate, run from
     elsewhere, still finds the data (and dataset.root= points at data that moved)."""
@@ -134,3 +152,19 @@ def test_evaluate_finds_the_data_from_anywhere(tmp_path, call, monkeypatch):
     proc = call("vae_train.evaluate", [f"run={run}", "k=5"], check=False)
     assert proc.returncode == 2 and "MNIST not found" in proc.stderr
     call("vae_train.evaluate", [f"run={run}", "k=5", f"dataset.root={tmp_path / 'moved'}"])
+
+
+def test_the_commands_are_hydra_apps_with_help_and_completion(call, monkeypatch):
+    """--help lists every option with its default, --cfg job prints the composed options,
+    Hydra's shell completion answers, and a path holding '=' and ',' (a sweep's run directory)
+    is taken as it is."""
+    out = call("vae_train.evaluate", ["--help"]).stdout
+    assert "vae-train-evaluate" in out and "run: ???" in out and "k: 5000" in out
+    assert "== Configuration groups ==" not in out        # no training group is offered here
+    out = call("vae_train.sample", ["--cfg", "job", "run=somewhere", "n=16"]).stdout
+    assert "run: somewhere" in out and "'n': 16" in out and "interp_steps: 10" in out
+    monkeypatch.setenv("COMP_LINE", "vae-train-evaluate spl")
+    assert "split=" in call("vae_train.evaluate", ["-sc", "query=bash"]).stdout
+    sweep_run = "outputs/multirun/2026-11-30/10-00-00/3_loss.beta=1,model.latent_dim=16"
+    out = call("vae_train.report", ["--cfg", "job", sweep_run]).stdout
+    assert f"sweep: {sweep_run}" in out

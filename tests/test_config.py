@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from conftest import compose_cfg, write_mnist_like
-from vae_train.config import resolve_device, validate
+from vae_train.config import validate
+from vae_train.device import resolve_device
 from vae_train.data.cifar import write_cifar_batch
 from vae_train.errors import UserError
-from vae_train.train import CONFIG_DIR, build
-from vae_train.trainer import Trainer, lr_factor_fn
+from vae_train.build import build
+from vae_train.train import CONFIG_DIR
+from vae_train.training.optim import lr_factor_fn
+from vae_train.training.trainer import Trainer
 from vae_train.logging import TBLogger
 
 GROUPS = ["model", "dataset", "loss", "optimizer", "device"]
@@ -164,17 +167,18 @@ def _numeric_leaves(node, path=""):
 
 @pytest.mark.parametrize("group", ["model", "dataset", "loss", "optimizer", "device"])
 def test_every_numeric_option_of_every_group_is_checked_before_data_is_read(group):
-    """Each number (or list of numbers) any option of the group sets has a check in
-    config.CHECKS, which runs on the composed config before any data is loaded."""
+    """Each number (or list of numbers) any option of the group sets has a rule, found through
+    the config (the classes its nodes' ``_target_`` name, and the fixed nodes' tables), which
+    runs on the composed config before any data is loaded."""
     from omegaconf import OmegaConf
 
-    from vae_train.config import CHECKS, OWN_CHECKS
+    from vae_train.config import rules
 
-    checked = {key for key, _, _ in CHECKS}
     for option in options(group):
-        cfg = OmegaConf.to_container(compose_cfg([f"{group}={option}"]), resolve=True)
-        own = set(OWN_CHECKS.get(cfg["dataset"]["name"], ()))
+        composed = compose_cfg([f"{group}={option}"])
+        checked = set(rules(composed))
+        cfg = OmegaConf.to_container(composed, resolve=True)
         missing = [p for p in _numeric_leaves(cfg)
-                   if p not in checked | own | UNCHECKED and not p.startswith("hydra")]
+                   if p not in checked | UNCHECKED and not p.startswith("hydra")]
         assert not missing, f"{group}={option}: no range check for {missing}"
         validate(compose_cfg([f"{group}={option}"]))       # and the defaults pass them

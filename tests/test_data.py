@@ -14,10 +14,16 @@ from vae_train.data.synthetic import make_synthetic
 from vae_train.errors import UserError
 
 
+TARGETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST",
+           "cifar10": "CIFAR10"}
+
+
 def ds_cfg(**kw):
     base = dict(name="mnist", root="/nonexistent", download=False, train_size=None,
                 test_size=None)
-    return OmegaConf.create({**base, **kw})
+    name = kw.get("name", base["name"])
+    return OmegaConf.create({"_target_": f"vae_train.data.torchvision_sets.{TARGETS[name]}",
+                             **base, **kw})
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -43,13 +49,10 @@ def test_train_and_test_size_take_the_first_examples(tmp_path):
 
 
 def test_missing_data_names_every_place_tried(tmp_path, monkeypatch):
-    import dataclasses
-
-    from vae_train.data import sources
+    from vae_train.data.torchvision_sets import FashionMNIST
 
     debian = tmp_path / "usr-share-datasets-fashion-mnist"   # stands in for the Debian folder
-    spec = dataclasses.replace(sources.MNIST_LIKE["fashion_mnist"], extra_dirs=(debian,))
-    monkeypatch.setitem(sources.MNIST_LIKE, "fashion_mnist", spec)
+    monkeypatch.setattr(FashionMNIST, "extra_dirs", (debian,))
     with pytest.raises(UserError) as e:
         load_image_data(ds_cfg(name="fashion_mnist", root=str(tmp_path / "data")))
     msg = str(e.value)
@@ -139,7 +142,7 @@ def test_synthetic_is_seeded_labelled_and_structured():
 
 def test_val_split_and_binarization():
     x, y = make_synthetic(500, seed=0)
-    from vae_train.data.sources import ImageData
+    from vae_train.data import ImageData
 
     data = ImageData("synthetic", x, y, x[:100], y[:100], classes=list("abcdefghij"))
     dm = DataModule(data, torch.device("cpu"), "none", 0.2)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import TINY, make_trainer, run_cli
-from vae_train import distributed, trainer as trainer_mod
-from vae_train.trainer import wants_channels_last
+from vae_train import distributed
+from vae_train.training import forward as forward_mod
+from vae_train.device import wants_channels_last
 
 SMALL = ["dataset=synthetic", "dataset.num_train=1200", "dataset.num_test=200",
          "trainer.batch_size=64", "trainer.epochs=3"]
@@ -32,6 +33,7 @@ def fp32(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.slow
 def test_autocast_follows_the_fp32_loss_curve(dtype, fp32, tmp_path):
     tr, amp = curve(tmp_path, dtype)
     assert fp32[-1] < 0.9 * fp32[0]      # (it learns)
@@ -43,6 +45,7 @@ def test_autocast_follows_the_fp32_loss_curve(dtype, fp32, tmp_path):
         assert a == pytest.approx(b, rel=0.02), (amp, fp32)
 
 
+@pytest.mark.slow
 def test_compile_traces_the_training_step_and_changes_nothing(fp32, tmp_path, monkeypatch):
     """TorchDynamo traces the step (the eager backend: no C++ compiler needed in the test);
     the run's numbers are those of the eager run."""
@@ -56,7 +59,7 @@ def test_compile_traces_the_training_step_and_changes_nothing(fp32, tmp_path, mo
 
     monkeypatch.setattr(torch, "compile", compile_eager)
     tr, compiled = curve(tmp_path / "compiled", extra=["device.compile=true"])
-    assert len(traced) == 1 and isinstance(tr.forward, trainer_mod._CompiledOrEager)
+    assert len(traced) == 1 and isinstance(tr.forward, forward_mod.CompiledOrEager)
     assert tr.forward.compiled is not None          # it did not fall back
     assert compiled == pytest.approx(eager, rel=1e-5)
 
@@ -71,7 +74,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(fp32, tmp_path, mo
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    with caplog.at_level(logging.WARNING, logger="vae_train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="vae_train.training.forward"):
         tr, fallback = curve(tmp_path / "fallback", extra=["device.compile=true"])
     warnings = [r.getMessage() for r in caplog.records if "device.compile" in r.getMessage()]
     assert len(warnings) == 1 and "no working C++ compiler found" in warnings[0]
@@ -89,6 +92,7 @@ def test_channels_last_choice():
     assert not wants_channels_last("auto", mlp, cuda) and not wants_channels_last(True, mlp, cpu)
 
 
+@pytest.mark.slow
 def test_channels_last_run_trains_and_saves_that_layout(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "model=conv_vae", "dataset.channels=3", "model.channels=[8,16]",

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vae_train.disentangle import (FactorGrid, discretize, entropy, factorvae_score,
-                                   majority_vote, measure, mig, model_code_fn, mutual_information,
-                                   vote_argmins, vote_factors)
+from vae_train.data import FactorGrid
+from vae_train.disentangle import (discretize, entropy, factorvae_score, majority_vote, measure,
+                                   mig, mutual_information, vote_argmins, vote_factors)
+from vae_train.evaluate import model_code_fn
 
 SIZES = [3, 6, 40, 32, 32]          # the dSprites grid
 NAMES = ["shape", "scale", "orientation", "pos_x", "pos_y"]

@@ -54,6 +54,7 @@ def two_processes(tmp_path_factory):
     return cwd, runs[0], proc
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_doubled_batch(two_processes, tmp_path):
     cwd, run, proc = two_processes
     one = tmp_path / "one"
@@ -83,6 +84,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(two_processes, t
     assert "[rank 1]" not in proc.stdout + proc.stderr   # rank 1 had nothing to warn about
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_then_resume_is_bit_identical(two_processes, tmp_path):
     _, reference, _ = two_processes
     run = tmp_path / "run"
@@ -112,6 +114,7 @@ def test_sigterm_under_torchrun_then_resume_is_bit_identical(two_processes, tmp_
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
 
 
+@pytest.mark.slow
 def test_a_model_with_two_stages_trains_data_parallel(tmp_path):
     """vqvae trains its prior in a second stage, from the best weights of the first (read by
     every rank once rank 0 has written them); its prior's parameters have no gradient in the
@@ -161,7 +164,7 @@ def test_process_layout_from_torchrun_and_slurm(monkeypatch):
 
 
 def test_a_sweep_under_torchrun_is_refused_in_one_line(monkeypatch):
-    from vae_train.train import _join_processes
+    from vae_train.argv import join_processes as _join_processes
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -169,6 +172,7 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line(monkeypatch):
         _join_processes(["-m", "loss.beta=1,2"])
 
 
+@pytest.mark.slow
 def test_two_srun_tasks_train_one_run(tmp_path):
     """What ``srun --ntasks=2 python -m vae_train`` (or the submitit launcher with
     tasks_per_node=2) starts: two processes that know their rank from SLURM's variables. The
@@ -200,20 +204,21 @@ def test_two_srun_tasks_train_one_run(tmp_path):
 
 PRELUDE = '''
 import os, sys
-from vae_train import trainer
-forward = trainer._Forward.forward
+from vae_train.training import forward as forward_mod
+forward = forward_mod.TrainingForward.forward
 def nan_on_rank_1(self, x, y, step, phase):
     out = forward(self, x, y, step, phase)
     if step == 3 and os.environ["RANK"] == "1":
         out = {**out, "loss": out["loss"] * float("nan")}
     return out
-trainer._Forward.forward = nan_on_rank_1
+forward_mod.TrainingForward.forward = nan_on_rank_1
 from vae_train.train import main
 sys.argv = ["vae_train", *sys.argv[1:]]
 main()
 '''
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path):
     """Rank 1 alone sees a non-finite loss: all ranks agree on it before the backward pass,
     so none waits forever for the others' gradients; rank 0 records the failure."""

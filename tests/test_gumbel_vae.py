@@ -14,8 +14,9 @@ from vae_train.evaluate import log_likelihood
 from vae_train.logging import TBLogger
 from vae_train.losses import ELBO, IWAE
 from vae_train.models.gumbel_vae import GumbelVAE, categorical_kl_to_uniform
-from vae_train.train import build
-from vae_train.trainer import Trainer
+from vae_train.pictures.grids import categorical_traversals
+from vae_train.build import build
+from vae_train.training.trainer import Trainer
 
 SHAPE = (1, 8, 8)
 
@@ -183,7 +184,7 @@ def test_iwae_trains_it(tmp_path):
 def test_traversal_rows_show_each_class_of_a_variable():
     model, x = small(n=5, k=4), binary_images(2)
     model.eval()
-    grid = model.traversals(x[:1], [3, 1])
+    grid = categorical_traversals(model, x[:1], [3, 1])
     h, w = SHAPE[1:]
     assert grid.shape == (3, 2 + 2 * (h + 2), 2 + 5 * (w + 2))
 
@@ -202,6 +203,7 @@ def test_traversal_rows_show_each_class_of_a_variable():
             assert torch.allclose(cell(r, 1 + c), imgs[c, 0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_command_line_train_sample_evaluate_resume(tmp_path, call):
     run = tmp_path / "run"
     run_cli([*TINY, "model=gumbel_vae", "trainer.epochs=2", f"hydra.run.dir={run}"], tmp_path)

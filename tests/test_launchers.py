@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
-from vae_train import launchers
+from vae_train import launchers, patches
 from vae_train.train import CONFIG_DIR
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1"]
@@ -146,6 +146,7 @@ def joblib_sweep(tmp_path_factory):
     return code, output, pid, sweep
 
 
+@pytest.mark.slow
 def test_joblib_runs_the_sweep_in_worker_processes(joblib_sweep):
     _, output, pid, sweep = joblib_sweep
     runs = [sweep / "1_model.latent_dim=2", sweep / "2_model.latent_dim=3"]
@@ -169,6 +170,7 @@ def test_a_failed_joblib_job_is_recorded_and_sets_the_exit_status(joblib_sweep):
 
 
 # -- submitit: one job, pickled and run in its own process; its logs -------------------------
+@pytest.mark.slow
 def test_submitit_local_runs_a_job_in_its_own_process(tmp_path):
     need("hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
@@ -185,6 +187,7 @@ def test_submitit_local_runs_a_job_in_its_own_process(tmp_path):
                                                          ).read_text()
 
 
+@pytest.mark.slow
 def test_the_slurm_preset_submits_the_sbatch_script_it_promises(tmp_path):
     need("hydra_submitit_launcher")
     bin_dir = tmp_path / "bin"
@@ -211,6 +214,7 @@ def test_the_slurm_preset_submits_the_sbatch_script_it_promises(tmp_path):
 
 
 # -- Optuna: a search over the preset's space, and failed trials --------------------------------
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
     need("hydra_optuna_sweeper")
     sweep = tmp_path / "search"
@@ -257,7 +261,7 @@ def optuna_search(tmp_path, values, grid=False):
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
     target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    launchers.MendOptunaSweeper().on_multirun_start(
+    patches.MendOptunaSweeper().on_multirun_start(
         config=OmegaConf.create({"hydra": {"sweeper": {"_target_": target}}}))
     sweeper = OptunaSweeperImpl(
         sampler=(functools.partial(optuna.samplers.GridSampler) if grid

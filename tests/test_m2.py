@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import TINY, compose_cfg, run_cli
 from vae_train.config import validate
 from vae_train.errors import UserError
-from vae_train.train import build
+from vae_train.build import build
 
 SMALL = ["dataset=synthetic", "dataset.num_train=400", "dataset.num_test=100", "model=m2",
          "model.hidden_dims=[64]", "model.classifier_dims=[64]", "model.latent_dim=8"]
@@ -178,6 +178,7 @@ def run(tmp_path_factory):
     return run, first, json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_run_writes_test_error_and_its_loss_falls(run):
     path, first, m = run
     assert 0 <= first["test_error"] <= 1 and first["epoch"] == 2
@@ -215,7 +216,7 @@ def test_short_training_classifies_synthetic_shapes_above_chance():
     is far from perfect on shapes at random positions; it must still beat chance (0.9) by a
     wide margin (300 test images: one standard error of chance is 0.017)."""
     from vae_train.logging import TBLogger
-    from vae_train.trainer import Trainer
+    from vae_train.training.trainer import Trainer
 
     cfg = compose_cfg(["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=300",
                        "model=m2", "trainer.batch_size=100", "device=cpu",

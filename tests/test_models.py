@@ -5,9 +5,9 @@ import torch
 
 from conftest import compose_cfg
 from vae_train.logging import TBLogger
-from vae_train.pictures import figures
-from vae_train.train import build
-from vae_train.trainer import Trainer
+from vae_train.pictures import training_figures as figures
+from vae_train.build import build
+from vae_train.training.trainer import Trainer
 
 DATA = ["dataset=synthetic", "dataset.num_train=2400", "dataset.num_test=200",
         "trainer.batch_size=64", "trainer.progress=false", "trainer.epochs=1"]
@@ -76,7 +76,7 @@ def test_cvae_uses_the_label(tmp_path):
 def test_figures_for_each_model(overrides, expected, tmp_path):
     trainer = make_trainer(overrides, tmp_path)
     rng_before = torch.get_rng_state()
-    figs = figures(trainer.model, trainer.fig_x, trainer.fig_y, 16)
+    figs = figures(trainer.model, trainer.report.fig_x, trainer.report.fig_y, 16)
     assert torch.equal(rng_before, torch.get_rng_state())   # pictures never move the RNG
     assert set(figs) == expected
     for img in figs.values():
@@ -107,11 +107,11 @@ def test_capacity_and_warmup_continue_exactly_on_resume(tmp_path):
 def test_traversals_and_interpolations_show_what_they_promise(tmp_path):
     from torchvision.utils import make_grid
 
-    from vae_train.pictures import interpolations, traversals
+    from vae_train.pictures.grids import interpolations, traversals
 
     trainer = make_trainer(["model=vae", "model.latent_dim=4"], tmp_path)
     model = trainer.model.eval()
-    x, y = trainer.fig_x[:4], trainer.fig_y[:4]
+    x, y = trainer.report.fig_x[:4], trainer.report.fig_y[:4]
     grid = traversals(model, x[:1], y[:1], dims=[2, 0], steps=5, span=3.0)
     c = model.code(x[:1])
     rows = []

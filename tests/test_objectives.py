@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vae_train.evaluate import log_likelihood
-from vae_train.losses import ELBO, IWAE, BetaVAE, GaussianLikelihood, iwae_bound
-from vae_train.models.base import GaussianVAE
+from vae_train.distributions import GaussianLikelihood
+from vae_train.losses import ELBO, IWAE, BetaVAE, iwae_bound
+from vae_train.models.gaussian import GaussianVAE
 from vae_train.models.cvae import CVAE
 from vae_train.models.hvae import HVAE
 from vae_train.models.vae import VAE
@@ -247,7 +248,7 @@ def test_bernoulli_without_gradient_is_the_same_log_likelihood(shape):
     """The no-grad path (one log per group of pixels) against the per-pixel formula in
     float64, for logits up to +-60 (exp(-|o|) underflows) and grey levels; ``out`` is left
     as it was; with a gradient the autograd path is used and gives the same values."""
-    from vae_train.losses import BernoulliLikelihood, bernoulli_nll
+    from vae_train.distributions import BernoulliLikelihood, bernoulli_nll
 
     g = torch.Generator().manual_seed(0)
     out = torch.randn(shape, generator=g) * torch.tensor([0.1, 3.0, 20.0, 60.0])[
@@ -277,7 +278,7 @@ def test_sample_chunks_are_balanced_and_bounded():
 
 
 def test_fast_linears_give_the_same_outputs_and_are_undone():
-    from vae_train.evaluate import fast_linears
+    from vae_train.patches import fast_linears
 
     torch.manual_seed(0)
     model = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16])

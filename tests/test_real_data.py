@@ -13,6 +13,7 @@ pytestmark = pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_f
                                 reason="apt-get install dataset-fashion-mnist to run this test")
 
 
+@pytest.mark.slow
 def test_fashion_mnist_training_beats_the_untrained_model(tmp_path):
     common = ["dataset=fashion_mnist", f"dataset.root={tmp_path / 'empty'}",
               "dataset.download=false", "dataset.train_size=12000", "dataset.test_size=2000",

@@ -34,7 +34,7 @@ def test_a_nan_stops_at_its_step_naming_the_term_and_updates_nothing(tmp_path):
     tr = make_trainer([*SMALL, "trainer.epochs=3"], tmp_path)   # 6 steps per epoch
     _poison(tr, {9})
     tr.enter_stage(1)
-    tr._one_epoch(1)
+    tr.run_epoch(1)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     with pytest.raises(NonFiniteError, match=r"non-finite loss term loss, kl at step 9 "
                                              r"\(epoch 2\).*checkpoints keep epoch 1") as e:
@@ -94,6 +94,7 @@ def test_fp16_scaler_skips_are_counted_not_failures(tmp_path):
     assert all(torch.isfinite(v).all() for v in tr.model.state_dict().values())
 
 
+@pytest.mark.slow
 def test_divergence_from_the_command_line_keeps_checkpoints_and_records_it(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
@@ -140,6 +141,7 @@ def _wait_for(predicate, proc, timeout=120):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path):
     run = tmp_path / "run"
     first = _start([*TINY, "trainer.epochs=500", f"hydra.run.dir={run}"], tmp_path)
@@ -190,6 +192,7 @@ KILL_ARGS = [*TINY, "trainer.epochs=3", "dataset.num_train=600", "trainer.batch_
 
 
 @pytest.mark.parametrize("when", ["writing a checkpoint", "in an epoch"])
+@pytest.mark.slow
 def test_killed_then_resumed_ends_like_an_uninterrupted_run(tmp_path, uninterrupted, when):
     crash = tmp_path / "crash"
     prelude, marker = ((SLOW_SECOND_SAVE, crash / "checkpoints" / "stalled")
@@ -217,13 +220,13 @@ def test_killed_then_resumed_ends_like_an_uninterrupted_run(tmp_path, uninterrup
 
 PAUSE_IN_EPOCH_2 = """
 import pathlib, time
-from vae_train.trainer import Trainer
+from vae_train.training.trainer import Trainer
 _step = Trainer.train_step
 def paused(self, x, y, *rest):
     if self.step == self.steps_per_epoch + 3:   # the 4th step of epoch 2: wait for a signal
         pathlib.Path(self.run_dir, "paused").touch()
         for _ in range(600):
-            if self._stop_signal is not None:
+            if self.stopping.signal is not None:
                 break
             time.sleep(0.05)
     return _step(self, x, y, *rest)
@@ -240,6 +243,7 @@ VQ_TWO_STAGES = ["model=vqvae", "trainer.epochs=1", "model.prior_epochs=1", "mod
                                        (signal.SIGINT, ["trainer.epochs=2"]),
                                        (signal.SIGTERM, VQ_TWO_STAGES)],   # first prior epoch
                          ids=["SIGTERM", "SIGINT", "SIGTERM-vqvae-stage-2"])
+@pytest.mark.slow
 def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(tmp_path, sig,
                                                                                model):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
@@ -271,6 +275,7 @@ def test_a_signal_saves_the_position_in_the_epoch_and_resume_continues_exactly(t
 
 
 # -- checkpoints from strangers, data, where files go ------------------------------------------
+@pytest.mark.slow
 def test_a_code_running_checkpoint_is_refused_by_resume_evaluate_and_sample(tmp_path, call):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
@@ -290,6 +295,7 @@ def test_a_code_running_checkpoint_is_refused_by_resume_evaluate_and_sample(tmp_
     assert not marker.exists()                      # the code never ran
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_names_the_mismatch(tmp_path, call):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
@@ -301,6 +307,7 @@ def test_a_checkpoint_of_another_model_names_the_mismatch(tmp_path, call):
     assert len(res.stderr.strip().splitlines()[-1]) < 400      # one line, not every key
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_inside_its_run_directory(tmp_path):
     before = {p for p in tmp_path.rglob("*")}
     run_cli([*TINY, "trainer.epochs=1"], tmp_path)

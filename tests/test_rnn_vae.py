@@ -11,8 +11,10 @@ from conftest import compose_cfg, run_cli
 from vae_train.data import DataModule, load_image_data
 from vae_train.data.sines import make_sines
 from vae_train.errors import UserError
-from vae_train.losses import BernoulliLikelihood, GaussianLikelihood
-from vae_train.models.rnn_vae import INPUT, RECON, RNNVAE, SAMPLE, plot_panels
+from vae_train.distributions import BernoulliLikelihood, GaussianLikelihood
+from vae_train.models.rnn_vae import RNNVAE
+from vae_train.pictures import training_figures
+from vae_train.pictures.plots import INPUT, RECON, SAMPLE, plot_panels
 from vae_train.nets.rnn import from_sequence, to_sequence
 
 SINES = ["model=rnn_vae", "dataset=sines", "dataset.num_train=3000", "dataset.num_test=200",
@@ -118,7 +120,7 @@ def test_sequence_plots_are_line_plots_not_images():
     model = RNNVAE((1, 32, 1), latent_dim=4, hidden_dim=16,
                    likelihood=GaussianLikelihood()).eval()
     x, y = make_sines(9, 0, length=32)
-    figs = model.figures(x, y, 9, seed=0)
+    figs = training_figures(model, x, y, 9, seed=0)
     assert set(figs) == {"reconstructions", "samples"}
     for name, img in figs.items():
         assert img.shape[0] == 3 and img.shape[1] > 100 and img.shape[2] > 100, name
@@ -130,11 +132,12 @@ def test_sequence_plots_are_line_plots_not_images():
     # images read row by row keep the image grids (the natural picture there)
     images = RNNVAE((1, 28, 28), latent_dim=2, hidden_dim=16,
                     likelihood=BernoulliLikelihood()).eval()
-    figs = images.figures(torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), 4)
+    figs = training_figures(images, torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), 4)
     assert set(figs) == {"reconstructions", "samples", "manifold"}
 
 
 # -- the command line ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_trains_evaluates_samples_and_resumes(tmp_path, call):
     run = tmp_path / "run"
     run_cli([*SINES, "trainer.epochs=2", f"hydra.run.dir={run}"], tmp_path,

@@ -94,11 +94,11 @@ def test_the_prior_stage_starts_from_the_best_autoencoder_and_freezes_it(tmp_pat
     assert [(s[0], s[1]) for s in tr.stages] == [("autoencoder", 1), ("prior", 1)]
     tr.t.progress = False
     tr.enter_stage(1)
-    tr._one_epoch(1)
+    tr.run_epoch(1)
     before = {k: v.clone() for k, v in tr.model.state_dict().items() if not k.startswith("prior")}
     tr.enter_stage(2)
     assert tr.phases == ("prior",) and tr.best_val == math.inf
-    tr._one_epoch(2)
+    tr.run_epoch(2)
     after = tr.model.state_dict()
     for k, v in before.items():
         if k != "prior_steps":
@@ -106,6 +106,7 @@ def test_the_prior_stage_starts_from_the_best_autoencoder_and_freezes_it(tmp_pat
     assert tr.model.has_prior
 
 
+@pytest.mark.slow
 def test_vqvae_two_stage_run_evaluate_sample_and_resume(tmp_path, call):
     run = tmp_path / "vq"
     small = ["model=vqvae", "model.num_codes=32", "model.prior_channels=16",
@@ -138,6 +139,7 @@ def test_vqvae_two_stage_run_evaluate_sample_and_resume(tmp_path, call):
     assert json.loads((run / "metrics.json").read_text())["epoch"] == 4
 
 
+@pytest.mark.slow
 def test_without_a_prior_sample_says_how_to_train_one(tmp_path, call):
     run = tmp_path / "vq0"
     run_cli([*TINY, "model=vqvae", "model.num_codes=16", "trainer.epochs=1",

@@ -1,3 +1,3 @@
 """vae-train: train, sweep and compare variational autoencoders."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

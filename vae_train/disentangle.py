@@ -2,8 +2,9 @@
 
 The metric math is pure functions over arrays: ``codes`` (N, D) float, one row per image, and
 ``factors`` (N, K) int, the factor indices that generated it. Evaluation (:func:`measure`) draws
-factor values, renders their images with the data set's :class:`FactorGrid`, and encodes them
-with the model's ``code`` (the posterior mean of the code layer, as the papers use).
+factor values, renders their images with the data set's ``vae_train.data.FactorGrid``, and encodes them
+with the model's ``code`` (the posterior mean of the code layer, as the papers use); the
+encoding function is ``vae_train.evaluate.model_code_fn``. Nothing here knows models or data.
 
 * **MIG**, the mutual information gap (Chen et al. 2018): each latent is cut into ``bins``
   equal-width bins over its range on N examples; I(z_j; v_k) is the plug-in mutual information
@@ -25,25 +26,8 @@ with the model's ``code`` (the posterior mean of the code layer, as the papers u
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
-import torch
-
-
-@dataclass
-class FactorGrid:
-    """A data set's factors of variation: every combination of factor indices is an image."""
-
-    names: list[str]
-    sizes: list[int]
-    values: list[list[float]]        # the value of each index of each factor
-    render: Callable                 # (N, K) int factor indices -> uint8 images (N, C, H, W)
-    label_factor: int | None = None  # the factor that is the class label y (dsprites: shape)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` independent, uniform draws of every factor: (n, K) int64."""
-        return np.stack([rng.integers(0, s, n) for s in self.sizes], axis=1).astype(np.int64)
 
 
 # -- MIG ------------------------------------------------------------------------------------------
@@ -184,30 +168,6 @@ def measure(code_of: Callable[[np.ndarray], np.ndarray], names, sizes, samples: 
 
 def _round(a) -> list:
     return [round(float(v), 5) for v in np.asarray(a).ravel()]
-
-
-def model_code_fn(model, grid: FactorGrid, device, batch_size: int = 500,
-                  progress: Callable | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``code_of`` for :func:`measure`: render the factors' images, encode them with
-    ``model.code`` (the posterior mean of the code layer) in batches; conditional models get
-    the label factor as y. ``progress(n)`` is called with each batch's size."""
-    from vae_train.data import to_float
-
-    @torch.no_grad()
-    def code_of(factors: np.ndarray) -> np.ndarray:
-        out = []
-        for a in range(0, len(factors), batch_size):
-            f = factors[a:a + batch_size]
-            x = to_float(grid.render(f)).to(device)
-            y = None
-            if model.conditional and grid.label_factor is not None:
-                y = torch.as_tensor(f[:, grid.label_factor]).to(device)
-            out.append(model.code(x, y).float().flatten(1).cpu())
-            if progress is not None:
-                progress(len(f))
-        return torch.cat(out).double().numpy()
-
-    return code_of
 
 
 def expected_images(samples: int, votes: int, group: int) -> int:

@@ -122,21 +122,6 @@ def same_time() -> float:
     return float(t)
 
 
-def fix_hydra_now(timestamp: float) -> None:
-    """Make Hydra's ``now`` resolver return ``timestamp`` in this process, so every rank's
-    ``outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}`` is the same directory."""
-    import hydra.core.utils as hydra_utils
-
-    fixed = _dt.datetime.fromtimestamp(timestamp)
-
-    class _Fixed(_dt.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return fixed if tz is None else fixed.astimezone(tz)
-
-    hydra_utils.datetime = _Fixed   # read by the resolver setup_globals() registers
-
-
 def any_true(*flags: bool) -> list[bool]:
     """Each flag OR-ed over the ranks (one small message); the flags as given in one process."""
     if not is_initialized():
@@ -193,6 +178,24 @@ def shard(n: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     start = r * base + min(r, extra)
     return start, start + base + (1 if r < extra else 0)
+
+
+def check_split_sizes(**sizes: int) -> None:
+    """Every process needs at least one example of every split."""
+    world = world_size()
+    for split, size in sizes.items():
+        if size < world:
+            raise UserError(f"the {split} split has {size} examples, fewer than the {world} "
+                            "processes; use fewer processes or more data")
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Optimizer steps in an epoch of ``n`` examples taken ``global_batch`` at a time (a last
+    batch too small to give every process one example is dropped)."""
+    steps = -(-n // global_batch)
+    if 0 < n % global_batch < world_size():
+        steps -= 1
+    return steps
 
 
 def place(device: torch.device) -> torch.device:

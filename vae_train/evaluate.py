@@ -1,4 +1,5 @@
-"""``python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] [...]``
+"""``python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] [...]`` (a Hydra app:
+options and defaults in ``configs/commands/evaluate.yaml``; ``--help`` lists them).
 
 The importance-sampled log-likelihood of a trained run, with its ELBO, active units and the
 KL per latent dimension; written to ``eval.json`` in the run directory (``eval_<split>.json``
@@ -18,49 +19,38 @@ FactorVAE metric (``factorvae_metric``) on images rendered from freshly drawn fa
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from vae_train.data import Split
-from vae_train.disentangle import expected_images, measure, model_code_fn
+from vae_train.checks import check_values, integer, number, one_of
+from vae_train.data import FactorGrid, Split, to_float
+from vae_train.disentangle import expected_images, measure
 from vae_train.errors import UserError
 from vae_train.files import write_json
-from vae_train.runs import command, load_run, parse_args, pick_split
+from vae_train.logging import TBLogger
+from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable
+from vae_train.patches import ONEDNN_TILE, fast_linears
+from vae_train.runs import hydra_app, load_run
 
-DEFAULTS = {
-    "run": "???",        # the run directory
-    "k": 5000,           # importance samples per example
-    "split": "test",     # test | val | train
-    "checkpoint": "best",  # best | last | a .pt path
-    "n": None,           # only the first n examples of the split (None: all)
-    "batch_size": 100,   # examples per batch
-    "max_batch": None,   # (example, sample) pairs decoded at once (None: 2048 on a CPU,
-                         # 16384 on an accelerator): bounds memory
-    "threshold": 0.01,   # active unit: Cov_x(E_q[z_d]) above this (Burda et al.)
-    "device": "auto",
-    "seed": 0,
-    "progress": True,
-    "dataset.root": None,  # where the data is now, if it moved since training
-    # data sets with known factors (dsprites): disentanglement of the code
-    "metric_samples": 10000,  # images for MIG and the latents' spread (0: skip the metrics)
-    "mig_bins": 20,           # equal-width bins per latent for MIG
-    "factorvae_votes": 800,   # FactorVAE votes: the first half fit the classifier, the rest score
-    "factorvae_l": 100,       # images per vote (L)
-}
 # The default max_batch on a CPU. For the 784-400-20 MLP VAE at k=5000 on a 2-core AMD EPYC, per
 # example: 1024 to 4096 pairs within 5% of each other, 256 25% slower, 16384 (the old default) 2.2x.
-CPU_MAX_BATCH = 2048
+# (The oneDNN linears of vae_train.patches lay their weights out for this tile.)
+CPU_MAX_BATCH = ONEDNN_TILE
 USAGE = ("usage: python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] "
-         "[checkpoint=best] [n=N] [batch_size=100] [max_batch=2048|16384] [threshold=0.01] "
-         "[device=auto] [seed=0] [progress=true] [dataset.root=PATH] [metric_samples=10000] "
-         "[mig_bins=20] [factorvae_votes=800] [factorvae_l=100]")
+         "[checkpoint=best] [n=N] [...] (--help lists every option)")
+# The rules of the options (configs/commands/evaluate.yaml).
+CHECKS = {"k": integer(1, "an integer >= 1"), "split": one_of("test", "val", "train"),
+          "batch_size": integer(1, "an integer >= 1"),
+          "max_batch": integer(1, "an integer >= 1"),
+          "n": integer(2, "an integer >= 2 (active units need a variance over examples)"),
+          "threshold": number(0), "metric_samples": integer(0), "mig_bins": integer(2),
+          "factorvae_votes": integer(2), "factorvae_l": integer(2), "seed": integer(0)}
 
 
 def sample_chunks(k: int, chunk: int) -> list[int]:
@@ -90,55 +80,6 @@ def default_max_batch(device) -> int:
     return CPU_MAX_BATCH if torch.device(device).type == "cpu" else 16384
 
 
-def _onednn_linear_forward(lin: nn.Linear):
-    """A forward for ``lin`` through oneDNN's fp32 matmul with a pre-packed weight; None if
-    the op is missing or disagrees with F.linear. Gradients and other dtypes or devices go
-    to F.linear."""
-    weight, bias = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, CPU_MAX_BATCH)
-
-        def forward(x):
-            if (torch.is_grad_enabled() or x.dtype != torch.float32
-                    or x.device.type != "cpu" or x.dim() < 2):
-                return F.linear(x, lin.weight, lin.bias)
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-        probe = torch.randn(3, lin.in_features, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            got = forward(probe).double()
-            ref = F.linear(probe.double(), weight.double(),
-                           None if bias is None else bias.double())
-        scale = probe.abs().double() @ weight.abs().double().T + 1.0
-        if got.shape != ref.shape or not bool(((got - ref).abs() <= 1e-5 * scale).all()):
-            return None
-        return forward
-    except Exception:       # no oneDNN in this build, an op renamed: keep F.linear
-        return None
-
-
-@contextlib.contextmanager
-def fast_linears(model):
-    """While inside: on a CPU in float32, every ``nn.Linear`` of ``model`` multiplies with
-    oneDNN, which uses the CPU's AVX-512 units where MKL's sgemm (PyTorch's default) runs
-    its AVX2 kernels on AMD processors (about 2x, the same fp32 products in another order:
-    results agree to ~1e-6). Restored on exit; elsewhere nothing changes."""
-    patched = []
-    try:
-        if torch.backends.mkldnn.is_available():
-            for m in model.modules():
-                if (type(m) is nn.Linear and m.weight.device.type == "cpu"
-                        and m.weight.dtype == torch.float32 and "forward" not in vars(m)):
-                    forward = _onednn_linear_forward(m)
-                    if forward is not None:
-                        m.forward = forward
-                        patched.append(m)
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
-
-
 def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
     """Per layer: how many dimensions have Cov_x(E_q[z_d]) > threshold."""
     return [int((m.var(dim=0, unbiased=True) > threshold).sum()) for m in means]
@@ -155,7 +96,7 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
     The NLL takes a few examples at a time with many samples each (``max_batch // k``
     examples, at least one), so the encoder runs once per example and chunk, not once per
     chunk for the whole batch, and a decoder call's tensors stay in the cache."""
-    has_nll = hasattr(model, "infer")
+    has_nll = isinstance(model, LatentVariable)
     sums = {"ll": 0.0, "elbo": 0.0, "recon": 0.0, "kl": 0.0}
     extra: dict[str, torch.Tensor] = {}
     kl_dims, means, n = None, None, 0
@@ -165,7 +106,7 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
     with tqdm(total=total, desc=desc, unit="ex", leave=False,
               disable=None if progress else True) as bar, fast_linears(model):
         for x, y in batches:
-            if hasattr(model, "evaluate_batch"):
+            if isinstance(model, ExtraMetrics):
                 for name, v in model.evaluate_batch(x, y).items():
                     extra[name] = extra[name] + v.double() if name in extra else v.double()
             n += len(x)
@@ -203,11 +144,35 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
             "latent_dims_per_layer": [m.shape[1] for m in means],
             "kl_per_dim": [round(v, 5) for v in (kl_dims / n).tolist()],
         })
-    if hasattr(model, "evaluate_summary"):
+    if isinstance(model, ExtraMetrics):
         own = model.evaluate_summary(extra, n)
         result.update(own)
         result["model_metrics"] = list(own)
     return result
+
+
+def model_code_fn(model, grid: FactorGrid, device, batch_size: int = 500,
+                  progress: Callable | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``code_of`` for :func:`vae_train.disentangle.measure`: render the factors' images,
+    encode them with ``model.code`` (the posterior mean of the code layer) in batches;
+    conditional models get the label factor as y. ``progress(n)`` is called with each
+    batch's size."""
+
+    @torch.no_grad()
+    def code_of(factors: np.ndarray) -> np.ndarray:
+        out = []
+        for a in range(0, len(factors), batch_size):
+            f = factors[a:a + batch_size]
+            x = to_float(grid.render(f)).to(device)
+            y = None
+            if model.conditional and grid.label_factor is not None:
+                y = torch.as_tensor(f[:, grid.label_factor]).to(device)
+            out.append(model.code(x, y).float().flatten(1).cpu())
+            if progress is not None:
+                progress(len(f))
+        return torch.cat(out).double().numpy()
+
+    return code_of
 
 
 def disentanglement(model, grid, device, args) -> dict:
@@ -263,21 +228,14 @@ def _binary(x: torch.Tensor) -> bool:
     return x.dtype == torch.uint8 and bool(((x == 0) | (x == 255)).all())
 
 
-@command
-def main(argv):
-    args = parse_args(argv, DEFAULTS, USAGE)
-    for key, low in (("k", 1), ("n", 2), ("batch_size", 1), ("max_batch", 1),
-                     ("metric_samples", 0), ("mig_bins", 2), ("factorvae_votes", 2),
-                     ("factorvae_l", 2)):
-        value = args[key]
-        if value is not None and (not isinstance(value, int) or value < low):
-            raise UserError(f"{key}={value} is invalid: it must be an integer >= {low}"
-                            + (" (active units need a variance over examples)" if key == "n" else ""))
+@hydra_app("evaluate", USAGE, path_keys=("run", "checkpoint", "dataset.root"))
+def main(args):
+    check_values("", CHECKS, {k: v for k, v in args.items() if v is not None})
     if args.metric_samples == 1:
         raise UserError("metric_samples=1 is invalid: it must be 0 (skip the disentanglement "
                         "metrics) or at least 2 (the latents' spread needs a variance)")
-    run = load_run(args.run, args.checkpoint, args.device, args["dataset.root"])
-    split = pick_split(run, args.split)
+    run = load_run(args.run, args.checkpoint, args.device, args.dataset.root)
+    split = run.data.eval_split(args.split)
     bs = int(args.batch_size)
     n = len(split) if args.n is None else min(int(args.n), len(split))
     if n < 2:
@@ -300,9 +258,9 @@ def main(argv):
         notes.append("Bernoulli likelihood of grey levels (dataset.binarize=none) is not a "
                      "normalised density: compare this nll with the classic example's loss, not "
                      "with papers (train with dataset.binarize=dynamic for that)")
-    grid = getattr(run.data, "factor_grid", None)
+    grid = run.data.factor_grid
     if grid is not None and args.metric_samples:
-        if not hasattr(run.model, "code"):
+        if not isinstance(run.model, HasCode):
             notes.append(f"disentanglement metrics skipped: {type(run.model).__name__} has no "
                          "continuous code (model.code) to score")
         else:
@@ -312,8 +270,6 @@ def main(argv):
         result["note"] = "; ".join(notes)
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
     write_json(run.run_dir / name, result)
-    from vae_train.logging import TBLogger
-
     tb = TBLogger(run.run_dir)
     scalars = {name: result[name] for name in result.get("model_metrics", [])
                if isinstance(result[name], (int, float))}

@@ -34,7 +34,7 @@ class TBLogger:
         # No experiment summary: TensorBoard then builds the table from every run's session,
         # marks the hyperparameters whose values differ between runs (a sweep's swept keys)
         # and shows those columns first.
-        fw = self.writer._get_file_writer()
+        fw = self.writer.file_writer   # (made when the writer is; public since torch 1.x)
         for summary in (ssi, sei):
             fw.add_summary(summary, step)
         for k, v in metrics.items():

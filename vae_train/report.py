@@ -1,4 +1,6 @@
 """``python -m vae_train.report <sweep dir> [x=loss.beta] [lines=model.latent_dim] [out=DIR]``
+(a Hydra app: options and defaults in ``configs/commands/report.yaml``; ``--help`` lists
+them).
 
 Turns a sweep directory into a result. Every run under it (a folder with ``.hydra/``) is read:
 its overrides (the swept values), ``metrics.json``, ``eval.json`` where ``evaluate`` was run, or
@@ -26,12 +28,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vae_train.errors import UserError
-from vae_train.runs import command, parse_args
+from vae_train.runs import hydra_app
 
-DEFAULTS = {"sweep": "???", "x": None, "lines": None, "out": None}
-USAGE = ("usage: python -m vae_train.report <sweep dir> [x=KEY] [lines=KEY] [out=DIR]\n"
-         "  x: the swept key on the x axis (default loss.beta when swept, else the first "
-         "numeric one); lines: one line per value of this key (default: the other swept keys)")
+USAGE = ("usage: python -m vae_train.report <sweep dir> [x=KEY] [lines=KEY] [out=DIR] "
+         "(--help explains them)")
 
 # Metrics plotted (when present), in this order.
 PLOTTED = ["test_loss", "test_recon", "test_kl", "eval_nll", "eval_active_units", "eval_mig",
@@ -274,11 +274,8 @@ def report(sweep: Path, x=None, lines=None, out: Path | None = None) -> dict:
                                                   *(out / name for _, name in plots)]}
 
 
-@command
-def main(argv):
-    if argv and "=" not in argv[0] and not argv[0].startswith("-"):
-        argv = [f"sweep={argv[0]}", *argv[1:]]
-    args = parse_args(argv, DEFAULTS, USAGE)
+@hydra_app("report", USAGE, path_keys=("sweep", "out"), positional="sweep")
+def main(args):
     result = report(Path(str(args.sweep)).expanduser(), args.x, args.lines,
                     Path(args.out) if args.out else None)
     runs = result["runs"]

@@ -1,5 +1,6 @@
-"""What the commands that work on a finished run share: ``key=value`` arguments, loading a
-run directory (config, data, model, checkpoint), and turning errors into one line."""
+"""What the commands that work on finished runs share (``evaluate``, ``sample``, ``report``):
+each is a Hydra app with its own primary config (``configs/commands/<command>.yaml``), started by
+:func:`hydra_app`; and loading a run directory (config, data, model, checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,59 +13,68 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vae_train import argv as argv_mod
 from vae_train import checkpoint
-from vae_train.config import resolve_device
+from vae_train.compat import upgrade_config
 from vae_train.data import DataModule
+from vae_train.device import resolve_device
 from vae_train.errors import UserError
 
 log = logging.getLogger("vae_train")
 
 
-def parse_args(argv: list[str], defaults: dict, usage: str) -> DictConfig:
-    """``key=value`` arguments over ``defaults``; unknown keys and missing values are errors."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage)
-        sys.exit(0)
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise UserError(f"argument {bad[0]!r} is not key=value. {usage.splitlines()[0]}")
-    given = {}
-    for a in argv:
-        key, raw = a.split("=", 1)
-        if key not in defaults:
-            raise UserError(f"unknown option {key!r}; options: {', '.join(defaults)}")
-        given[key] = OmegaConf.from_dotlist([f"v={raw}"]).v   # typed like Hydra's overrides
-    args = OmegaConf.create({**defaults, **given})
-    for key in args:
-        if OmegaConf.is_missing(args, key):
-            raise UserError(f"{key}=... is required. {usage.splitlines()[0]}")
-    return args
+def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
+              positional: str | None = None):
+    """Make ``fn(cfg)`` a command: ``main(argv=None)`` runs it as a Hydra app on
+    ``configs/commands/<config_name>.yaml`` (so ``--help``, ``--cfg job``, ``hydra.verbose`` and shell
+    completion work as for training). Before Hydra: ``path_keys`` values are quoted, an unknown
+    option is one line naming the options; inside: a required option left out and a
+    :class:`UserError` are one line on stderr and exit status 2, Ctrl-C is status 130."""
 
+    def decorate(fn):
+        import hydra
 
-def command(fn):
-    """Run ``fn`` with logging to stderr; a UserError becomes one line and exit code 2."""
+        from vae_train.train import CONFIG_DIR
 
-    @functools.wraps(fn)
-    def wrapper(argv=None):
-        root = logging.getLogger()
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        level = root.level
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
-            return fn(sys.argv[1:] if argv is None else argv)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        finally:
-            root.removeHandler(handler)
-            root.setLevel(level)
+        # The commands' own config folder: no option of theirs is taken for a training group.
+        folder = str(Path(CONFIG_DIR) / "commands")
+        options = [k for k in OmegaConf.load(Path(folder) / f"{config_name}.yaml")
+                   if k not in ("defaults", "hydra")]
 
-    return wrapper
+        @hydra.main(version_base="1.3", config_path=folder, config_name=config_name)
+        def hydra_main(cfg: DictConfig):
+            try:
+                missing = [k for k in options if OmegaConf.is_missing(cfg, k)]
+                if missing:
+                    raise UserError(f"{missing[0]}=... is required. {usage}")
+                return fn(cfg)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                sys.exit(130)
+
+        @functools.wraps(fn)
+        def main(args: list[str] | None = None):
+            args = list(sys.argv[1:] if args is None else args)
+            try:
+                args = argv_mod.quote_paths(args, path_keys, positional)
+                argv_mod.check_options(args, options, usage)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            saved = sys.argv
+            sys.argv = [saved[0], *args]
+            try:
+                return hydra_main()
+            finally:
+                sys.argv = saved
+
+        main.hydra_main = hydra_main
+        return main
+
+    return decorate
 
 
 @dataclass
@@ -87,7 +97,7 @@ def load_run(run: str, which: str = "best", device: str = "auto",
     """A trained run: its config, data (same splits), model with the chosen checkpoint's
     weights (``best``, ``last`` or a path to a .pt file), on the chosen device; ``data_root``
     replaces the data set's root (data moved since training)."""
-    from vae_train.train import build  # the same construction as training
+    from vae_train.build import build  # the same construction as training
 
     run_dir = Path(run).expanduser()
     if not (run_dir / ".hydra").is_dir():
@@ -101,17 +111,17 @@ def load_run(run: str, which: str = "best", device: str = "auto",
             raise UserError(f"run={run}: no checkpoint {ckpt}; train the run first "
                             "(or pick one with checkpoint=best|last|PATH)")
     state = checkpoint.load(ckpt)
-    run_target = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
-                                  "model._target_", default=None) \
-        if (run_dir / ".hydra" / "config.yaml").is_file() else None
+    saved = run_dir / ".hydra" / "config.yaml"
+    run_target = (OmegaConf.select(OmegaConf.load(saved), "model._target_", default=None)
+                  if saved.is_file() else None)
     if run_target and state.get("model_target") and state["model_target"] != run_target:
         raise UserError(f"checkpoint {ckpt} holds a different model ({state['model_target']}) "
                         f"than run {run} ({run_target}); give the checkpoint's own run "
                         "directory as run=")
     # The config saved with the weights is the one that built them (a later, failed resume
     # may have rewritten .hydra/config.yaml).
-    cfg = OmegaConf.create(state["config"]) if "config" in state else \
-        OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = upgrade_config(OmegaConf.create(state["config"]) if "config" in state
+                         else OmegaConf.load(saved))
     if data_root is not None:
         if "root" not in cfg.dataset:
             raise UserError(f"dataset.root= given, but {cfg.dataset.name} is generated, not read")
@@ -123,11 +133,3 @@ def load_run(run: str, which: str = "best", device: str = "auto",
     model.eval()
     log.info("loaded %s (epoch %s) of %s on %s", ckpt.name, state.get("epoch"), run_dir, dev)
     return LoadedRun(run_dir, cfg, dm, model, objective, state, dev)
-
-
-def pick_split(run: LoadedRun, split: str):
-    """A split as evaluation sees it: for dynamically binarized data the training images are
-    binarized once (fixed seed), like validation and test, so the likelihood is of 0/1 pixels."""
-    if split not in ("test", "val", "train"):
-        raise UserError(f"split={split!r} is not known; use split=test, val or train")
-    return run.data.eval_split(split)

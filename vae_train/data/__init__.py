@@ -1,6 +1,9 @@
-"""Data sets (torchvision parsers and generated ones) and in-memory batching."""
+"""Data sets (each a class built from the ``dataset`` config node: torchvision's sets, generated
+ones, your own) and the in-memory splits that batches are indexed from."""
 
+from vae_train.data.base import DataSet, ImageData, build_dataset, load_image_data
 from vae_train.data.batches import DataModule, Split, to_float
-from vae_train.data.sources import ImageData, load_image_data
+from vae_train.data.factors import FactorGrid
 
-__all__ = ["DataModule", "Split", "to_float", "ImageData", "load_image_data"]
+__all__ = ["DataModule", "DataSet", "FactorGrid", "ImageData", "Split", "build_dataset",
+           "load_image_data", "to_float"]

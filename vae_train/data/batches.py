@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vae_train.data.sources import ImageData
+from vae_train.data.base import BINARIZE, ImageData
 from vae_train.errors import UserError
-
-BINARIZE = ("none", "static", "dynamic")
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +79,7 @@ class DataModule:
     def eval_split(self, name: str) -> Split:
         """``train``, ``val`` or ``test`` for evaluation: binary pixels wherever the run was
         binarized (dynamic runs' training images get one fixed binarization)."""
-        split = getattr(self, name)
+        split = {"train": self.train, "val": self.val, "test": self.test}[name]
         if name == "train" and self.binarize == "dynamic":
             x = _binarize_once(split.x.cpu(), self.binarize_seed + 3).to(self.device)
             return Split(x, split.y)
@@ -115,10 +113,15 @@ class DataModule:
         return x.contiguous(memory_format=self.memory_format)
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_float(self.train.x[idx])
+        return self.batch(self.train.x[idx]), self.train.y[idx]
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored training examples as a training batch: floats, binarized afresh when the
+        run is dynamically binarized, in the model's memory layout."""
+        x = to_float(x)
         if self.binarize == "dynamic":
             x = torch.bernoulli(x)
-        return self._layout(x), self.train.y[idx]
+        return self._layout(x)
 
     def eval_batches(self, split: Split, batch_size: int):
         """Float batches in order over a whole split (validation or test)."""

@@ -31,7 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vae_train.checks import BOOLEAN, integer, optional
+from vae_train.data.base import DataSet, ImageData
+from vae_train.data.factors import FactorGrid
 from vae_train.errors import UserError
+from vae_train.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -200,19 +204,10 @@ def render_grid(progress: bool = True) -> np.ndarray:
 
 
 # -- the data set ------------------------------------------------------------------------------
-def _check_size(key: str, value, low: int) -> None:
-    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low)
-    if not ok:
-        raise UserError(f"dataset.{key}={value!r} is invalid: it must be null (all; see README) "
-                        f"or an integer >= {low}")
-
-
 def split_indices(num_train: int | None, num_test: int | None, seed: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Grid indices of the train and test subsets: disjoint, drawn at random with ``seed``.
     ``num_test=None``: 10% of the grid; ``num_train=None``: every grid point not in test."""
-    _check_size("num_train", num_train, 2)
-    _check_size("num_test", num_test, 1)
     n_test = round(0.1 * NUM_IMAGES) if num_test is None else num_test
     n_train = NUM_IMAGES - n_test if num_train is None else num_train
     if n_train + n_test > NUM_IMAGES:
@@ -245,8 +240,6 @@ def _read_cache(path: Path) -> np.ndarray:
 
 
 def _write_cache(path: Path, images: np.ndarray) -> None:
-    from vae_train.files import atomic_write
-
     values = factor_values()
 
     def write(f):
@@ -294,25 +287,36 @@ def images_of(factors) -> torch.Tensor:
     return torch.from_numpy(render(factors) * np.uint8(255)).unsqueeze(1)
 
 
-def load_dsprites(cfg):
-    """The ``dataset=dsprites`` node -> ImageData with shape labels and factor indices."""
-    from vae_train.data.sources import ImageData
-    from vae_train.disentangle import FactorGrid
+class DSprites(DataSet):
+    """``dataset=dsprites``: disjoint random subsets of the grid for training and test (labels:
+    the shape; every image's factor indices kept), read from the cache under ``root`` or, with
+    ``cache=false``, rendered in memory."""
 
-    train_idx, test_idx = split_indices(cfg.get("num_train"), cfg.get("num_test"),
-                                        int(cfg.get("generator_seed", 0)))
-    if cfg.get("cache", True):
-        grid = load_grid(cfg.root)
-        train_x, test_x = unpack(grid[train_idx]), unpack(grid[test_idx])
-        del grid
-    else:
-        train_x = images_of(index_to_factors(train_idx))
-        test_x = images_of(index_to_factors(test_idx))
-    train_f = torch.from_numpy(index_to_factors(train_idx))
-    test_f = torch.from_numpy(index_to_factors(test_idx))
-    ground = FactorGrid(names=list(FACTOR_NAMES), sizes=list(FACTOR_SIZES),
-                        values=[v.tolist() for v in factor_values()], render=images_of,
-                        label_factor=0)
-    return ImageData("dsprites", train_x, train_f[:, 0].clone(), test_x, test_f[:, 0].clone(),
-                     classes=list(SHAPES), train_factors=train_f, test_factors=test_f,
-                     factor_grid=ground)
+    checks = {"num_train": optional(integer(2), "null (all; see docs/data.md) or an integer >= 2"),
+              "num_test": optional(integer(1), "null (all; see docs/data.md) or an integer >= 1"),
+              "generator_seed": integer(0), "cache": BOOLEAN}
+
+    def __init__(self, root: str, num_train: int | None = 100000, num_test: int | None = 10000,
+                 generator_seed: int = 0, cache: bool = True, **common):
+        super().__init__(**common)
+        self.root = str(root)
+        self.num_train, self.num_test = num_train, num_test
+        self.generator_seed, self.cache = int(generator_seed), bool(cache)
+
+    def read(self) -> ImageData:
+        train_idx, test_idx = split_indices(self.num_train, self.num_test, self.generator_seed)
+        if self.cache:
+            grid = load_grid(self.root)
+            train_x, test_x = unpack(grid[train_idx]), unpack(grid[test_idx])
+            del grid
+        else:
+            train_x = images_of(index_to_factors(train_idx))
+            test_x = images_of(index_to_factors(test_idx))
+        train_f = torch.from_numpy(index_to_factors(train_idx))
+        test_f = torch.from_numpy(index_to_factors(test_idx))
+        ground = FactorGrid(names=list(FACTOR_NAMES), sizes=list(FACTOR_SIZES),
+                            values=[v.tolist() for v in factor_values()], render=images_of,
+                            label_factor=0)
+        return ImageData(self.name, train_x, train_f[:, 0].clone(), test_x,
+                         test_f[:, 0].clone(), classes=list(SHAPES), train_factors=train_f,
+                         test_factors=test_f, factor_grid=ground)

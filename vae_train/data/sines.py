@@ -12,11 +12,11 @@ Gaussian likelihood's sigmoid mean can reach them. Seeded: the same settings giv
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from vae_train.errors import UserError
+from vae_train.checks import integer, number
+from vae_train.data.base import DataSet, ImageData
 
 MIN_CYCLES, MAX_CYCLES = 1.0, 6.0
 
@@ -25,25 +25,10 @@ def sine_classes(max_components: int) -> list[str]:
     return [f"{k} sine" + ("s" if k > 1 else "") for k in range(1, max_components + 1)]
 
 
-def _check(key: str, value, ok: bool, what: str) -> None:
-    if not ok:
-        raise UserError(f"dataset.{key}={value!r} is invalid: it must be {what}")
-
-
-def check_sines(length, noise, max_components) -> None:
-    is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
-    _check("length", length, is_int(length) and length >= 2, "an integer >= 2")
-    _check("noise", noise, isinstance(noise, numbers.Real) and not isinstance(noise, bool)
-           and math.isfinite(noise) and 0 <= noise <= 0.5, "a number in [0, 0.5]")
-    _check("max_components", max_components, is_int(max_components) and max_components >= 1,
-           "an integer >= 1")
-
-
 def make_sines(n: int, seed: int, length: int = 64, noise: float = 0.05,
                max_components: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` float32 sequences of shape (1, length, 1) in [0.01, 0.99] and labels in
     0..max_components-1 (the number of components minus one)."""
-    check_sines(length, noise, max_components)
     g = torch.Generator().manual_seed(int(seed))
     labels = torch.randint(0, max_components, (n,), generator=g)
     m = max_components
@@ -60,3 +45,27 @@ def make_sines(n: int, seed: int, length: int = 64, noise: float = 0.05,
     x = 0.5 + 0.4 * overall[:, None] * signal / peak + noise * eps
     x = x.clamp(0.01, 0.99).to(torch.float32)
     return x.view(n, 1, length, 1), labels
+
+
+class Sines(DataSet):
+    """``dataset=sines``: ``num_train`` + ``num_test`` generated sequences (the test split with
+    seed + 1); label = number of sinusoids - 1."""
+
+    checks = {"num_train": integer(2, what="an integer > 1"), "num_test": integer(1),
+              "length": integer(2), "noise": number(0, 0.5), "max_components": integer(1),
+              "generator_seed": integer(0)}
+
+    def __init__(self, num_train: int = 10000, num_test: int = 2000, length: int = 64,
+                 noise: float = 0.05, max_components: int = 3, generator_seed: int = 0,
+                 **common):
+        super().__init__(**common)
+        self.num_train, self.num_test = int(num_train), int(num_test)
+        self.spec = {"length": int(length), "noise": float(noise),
+                     "max_components": int(max_components)}
+        self.generator_seed = int(generator_seed)
+
+    def read(self) -> ImageData:
+        tx, ty = make_sines(self.num_train, self.generator_seed, **self.spec)
+        ex, ey = make_sines(self.num_test, self.generator_seed + 1, **self.spec)
+        return ImageData(self.name, tx, ty, ex, ey,
+                         classes=sine_classes(self.spec["max_components"]))

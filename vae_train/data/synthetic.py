@@ -12,6 +12,9 @@ import math
 
 import torch
 
+from vae_train.checks import integer, one_of
+from vae_train.data.base import DataSet, ImageData
+
 CLASSES = ["disk", "ring", "square", "frame", "triangle", "plus", "cross", "bar", "diamond", "dots"]
 
 
@@ -60,3 +63,24 @@ def make_synthetic(n: int, seed: int, size: int = 28, channels: int = 1,
         img = img * bright[sl, None, None, None] * colour[sl, :, None, None]
         out[sl] = (img * 255).round().clamp(0, 255).to(torch.uint8)
     return out, labels
+
+
+class Synthetic(DataSet):
+    """``dataset=synthetic``: ``num_train`` + ``num_test`` images of ``channels`` x
+    ``image_size`` x ``image_size``, generated offline (the test split with seed + 1)."""
+
+    checks = {"num_train": integer(2, what="an integer > 1"), "num_test": integer(1),
+              "image_size": integer(8), "channels": one_of(1, 3), "generator_seed": integer(0)}
+
+    def __init__(self, num_train: int = 10000, num_test: int = 2000, image_size: int = 28,
+                 channels: int = 1, generator_seed: int = 0, **common):
+        super().__init__(**common)
+        self.num_train, self.num_test = int(num_train), int(num_test)
+        self.image_size, self.channels = int(image_size), int(channels)
+        self.generator_seed = int(generator_seed)
+
+    def read(self) -> ImageData:
+        size, ch, seed = self.image_size, self.channels, self.generator_seed
+        tx, ty = make_synthetic(self.num_train, seed, size, ch)
+        ex, ey = make_synthetic(self.num_test, seed + 1, size, ch)
+        return ImageData(self.name, tx, ty, ex, ey, classes=list(CLASSES))

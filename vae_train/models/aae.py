@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae_train.checks import int_list, integer, one_of
 from vae_train.errors import UserError
+from vae_train.models.base import (ExtraMetrics, HasCode, Model, OwnsObjective, ParameterGroups,
+                                   SampledPrior)
 from vae_train.nets import mlp
-from vae_train.pictures import (interpolations, latent_scatter, manifold, prior_samples,
-                                reconstruction_grid, traversals)
+from vae_train.nets.mlp import ACTIVATION
 
 PRIORS = ("gaussian", "mixture")
 
@@ -52,25 +54,23 @@ class MixturePrior:
         return z
 
 
-class AAE(nn.Module):
-    conditional = False
+class AAE(Model, OwnsObjective, ParameterGroups, ExtraMetrics, HasCode, SampledPrior):
     phases = ("autoencoder", "discriminator", "generator")
     objective_doc = "reconstruction + adversarial regularisation of the codes"
+    checks = {"latent_dim": integer(1), "hidden_dims": int_list(),
+              "disc_hidden_dims": int_list(), "activation": ACTIVATION,
+              "prior": one_of(*PRIORS)}
 
     def __init__(self, input_shape, latent_dim: int = 8, hidden_dims=(512, 512),
                  disc_hidden_dims=(512, 512), activation: str = "relu",
                  prior: str = "gaussian", num_classes: int = 0, likelihood=None):
-        super().__init__()
-        if prior not in PRIORS:
-            raise UserError(f"model.prior={prior!r} is not known; use one of {', '.join(PRIORS)}")
         if prior == "mixture" and int(latent_dim) < 2:
             raise UserError(f"model.latent_dim={latent_dim} is invalid with model.prior=mixture: "
                             "the mixture lives in the first two dimensions; use latent_dim >= 2")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.latent_dim, self.num_classes = int(latent_dim), int(num_classes)
+        super().__init__(input_shape, num_classes, likelihood)
+        self.latent_dim = int(latent_dim)
         self.prior = prior
         self.mixture = MixturePrior() if prior == "mixture" else None
-        self.likelihood = likelihood
         d = math.prod(self.input_shape)
         self.encoder = mlp(d, hidden_dims, self.latent_dim, activation)
         self.decoder = mlp(self.latent_dim, list(hidden_dims)[::-1], d, activation)
@@ -83,9 +83,6 @@ class AAE(nn.Module):
                 "generator": list(self.encoder.parameters())}
 
     # -- networks -------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.flatten(1)).float()
 
@@ -97,7 +94,7 @@ class AAE(nn.Module):
             z = self.mixture.sample(n, self.latent_dim, generator)
         else:
             z = torch.randn(n, self.latent_dim, generator=generator)
-        return z.to(self._device())
+        return z.to(self.device)
 
     # -- the objective ------------------------------------------------------------------------
     def _recon(self, x, z):
@@ -143,7 +140,7 @@ class AAE(nn.Module):
                 "disc_acc": sums["disc_acc"].item() / n,
                 "mean_code_norm": sums["code_norm"].item() / n}
 
-    # -- pictures ---------------------------------------------------------------------------
+    # -- the code, reconstructions and samples -------------------------------------------------
     @property
     def code_dim(self) -> int:
         return self.latent_dim
@@ -163,39 +160,6 @@ class AAE(nn.Module):
     def reconstruct(self, x, y=None) -> torch.Tensor:
         return self.decode_code(self.encode(x))
 
-    def _span(self) -> float:
+    @property
+    def prior_span(self) -> float:
         return self.mixture.radius + 3 * self.mixture.radial_std if self.mixture else 2.5
-
-    @torch.no_grad()
-    def figures(self, x, y, n, seed=0) -> dict:
-        out = {"reconstructions": reconstruction_grid(self, x, y),
-               "samples": prior_samples(self, n, seed)}
-        if self.latent_dim == 2:
-            out["manifold"] = manifold(self, span=self._span())
-        out["latent_scatter"] = self._scatter(x, y)
-        return out
-
-    def _scatter(self, x, y) -> torch.Tensor:
-        prior = self.prior_sample(len(x), torch.Generator().manual_seed(0))
-        return latent_scatter(self.encode(x)[:, :2], y, prior[:, :2], span=self._span())
-
-    @torch.no_grad()
-    def sample_figures(self, x, y, args) -> dict:
-        """Prior samples, reconstructions, traversals of the dimensions whose codes vary most
-        (+-``span`` code standard deviations), interpolations, the 2-D codes of the test images
-        over prior samples, and the manifold for 2-D codes."""
-        z = self.encode(x)
-        std = z.std(dim=0)
-        order = torch.argsort(std, descending=True)[:int(args.dims)].tolist()
-        i = int(args.image)
-        n = int(args.n)
-        figs = {"samples": prior_samples(self, n, int(args.seed)),
-                "reconstructions": reconstruction_grid(self, x[:n], y[:n]),
-                "traversals": traversals(self, x[i:i + 1], None, order, int(args.steps),
-                                         float(args.span), scale=std),
-                "interpolations": interpolations(self, x, y, int(args.pairs),
-                                                 int(args.interp_steps)),
-                "latent_scatter": self._scatter(x, y)}
-        if self.latent_dim == 2:
-            figs["manifold"] = manifold(self, span=self._span())
-        return figs

@@ -1,126 +1,306 @@
-"""The interface every Gaussian-latent model meets.
+"""The model contract: what the trainer, the objectives, ``evaluate`` and the pictures may ask of
+a model, written as abstract base classes.
 
-A model maps an image batch ``x`` (float, ``(B, C, H, W)`` in [0, 1]) and optional labels ``y``
-to its latent variables and back. Objectives (``losses.py``) and evaluation are written once,
-against :meth:`GaussianVAE.infer`, which returns for ``k`` posterior samples per example:
+Every model is a :class:`Model` (the fields they all share). It declares each further
+capability by inheriting that capability's class from this module, and callers ask for a
+capability with ``isinstance`` (or the helpers at the end of this module); nothing is found
+by probing whether an attribute happens to exist. A class that declares a capability and
+leaves one of its abstract methods out cannot be instantiated (one line says which).
 
-* ``log_px``  (k, B): log p(x | z), the model's pixel likelihood;
-* ``log_pz``  (k, B): log p(z) under the prior, every stochastic layer included;
-* ``log_qz``  (k, B): log q(z | x), every stochastic layer included;
-* ``kl_dims`` (k, B, D): KL per latent dimension, analytic where it has a closed form.
+Shapes and units used throughout:
 
-so log p(x, z) - log q(z | x) = log_px + log_pz - log_qz is the importance weight.
+* ``x``: a batch of examples, (B, C, H, W) float: images in [0, 1]; sequences are stored as
+  (B, 1, T, F) real values. ``y``: (B,) int64 class labels, or None.
+* every log-density, KL and loss is in **nats per example**: summed over pixels and latent
+  dimensions, one number per example (the objectives average over the batch).
+* ``k``: importance samples per example; tensors with a sample dimension are (k, B, ...),
+  sample-major.
+* "mean images": the mean of p(x | z), (B, C, H, W) float, what pictures draw.
 
-For pictures, a model also has a *code*: the latent layer that is traversed, interpolated and
-drawn on the manifold (the only layer of a one-layer VAE, the top layer of a hierarchy).
+The capabilities:
+
+=======================  ===========================================================================
+:class:`Model`           every model: ``input_shape``, ``num_classes``, ``likelihood``, ``conditional``,
+                         ``device``; ``reconstruct`` and ``sample`` (mean images)
+:class:`LatentVariable`  a likelihood bound: ``infer`` (log p(x|z), log p(z), log q(z|x), KL per
+                         dimension) and ``latent_means``; the ELBO, beta-VAE and IWAE objectives
+                         and evaluate's importance-sampled NLL are written once against it
+:class:`HasCode`         a continuous code that pictures move through (traversals, interpolations,
+                         the manifold, the class grid) and disentanglement metrics score
+:class:`OwnsObjective`   trains its own objective (``loss_terms``) instead of the ``loss=`` group's
+:class:`ParameterGroups` named parameter groups, one optimizer each, stepped in ``phases`` order
+:class:`Staged`          training stages run one after the other (VQ-VAE: autoencoder, then prior)
+:class:`ExtraMetrics`    numbers of its own for ``evaluate`` (sums over batches, then a summary)
+:class:`Scheduled`       settings that follow the optimizer step (a temperature), logged beside the loss
+:class:`SemiSupervised`  learns from part of the labels (``dataset.labeled``)
+:class:`Classifier`      predicts the class (q(y|x)); pictures draw each image as its predicted class
+:class:`CategoricalCode` N categorical latent variables of K classes (pictures: per-variable sweeps)
+:class:`CodeGrid`        a grid of discrete codes (pictures: code maps); may have a prior to sample
+:class:`SampledPrior`    a prior that is not N(0, I), known by samples (pictures: scatter of codes)
+=======================  ===========================================================================
 """
 
 from __future__ import annotations
 
+from abc import ABC, ABCMeta, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple, TypedDict
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vae_train.losses import BernoulliLikelihood, DiagGaussian, standard_normal_log_prob_dims
+from vae_train.checks import Checked
+from vae_train.distributions import BernoulliLikelihood
 
 
-def repeat_batch(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
-    """(B, ...) -> (k * B, ...), sample-major, matching ``z.flatten(0, 1)`` of (k, B, ...)."""
-    if t is None or k == 1:
-        return t
-    return t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
+class Inference(TypedDict):
+    """What :meth:`LatentVariable.infer` returns for k posterior samples per example.
+
+    ``log_px + log_pz - log_qz`` is the log importance weight log p(x, z) - log q(z | x)."""
+
+    log_px: torch.Tensor    # (k, B)    log p(x | z), the model's pixel likelihood
+    log_pz: torch.Tensor    # (k, B)    log p(z) under the prior, every stochastic layer
+    log_qz: torch.Tensor    # (k, B)    log q(z | x), every stochastic layer
+    kl_dims: torch.Tensor   # (k, B, D) KL per latent dimension (analytic where it has a
+                            #           closed form), D over every stochastic layer
+    x_out: torch.Tensor     # (k * B, C, H, W) decoder output (what ``likelihood.mean`` takes)
 
 
-class GaussianVAE(nn.Module):
-    """One stochastic layer z with a standard normal prior. Subclasses set ``self.encoder``
-    (to 2 * latent_dim numbers) and ``self.decoder`` (to one number per pixel) and say
-    whether they are conditional."""
+class Stage(NamedTuple):
+    """One training stage: ``epochs`` epochs, each step running ``phases`` in order (a phase
+    names a parameter group). A stage after the first starts from the best weights of the one
+    before. A stage's length is a model option named ``<name>_epochs``."""
 
-    conditional = False
+    name: str
+    epochs: int
+    phases: tuple[str, ...]
 
-    def __init__(self, input_shape, latent_dim: int, num_classes: int = 0,
-                 likelihood: nn.Module | None = None):
+
+class Model(Checked, nn.Module, metaclass=ABCMeta):
+    """Every model. Built from the ``model`` config node with the data's shape and classes;
+    ``likelihood`` is p(x | z) per pixel (built from the ``loss`` node): ``log_prob(out, x)``
+    in nats summed over pixels, ``mean(out)`` the mean image, where ``out`` is the decoder's
+    output, one number per pixel. ``conditional`` models take the labels y as an input."""
+
+    config_group = "model"
+    conditional: bool = False
+
+    def __init__(self, input_shape, num_classes: int = 0, likelihood: nn.Module | None = None):
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.latent_dim = int(latent_dim)
+        self.input_shape = tuple(int(s) for s in input_shape)      # (C, H, W)
         self.num_classes = int(num_classes)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
 
-    # -- conditioning -------------------------------------------------------------------
-    def _onehot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        if y is None:
-            raise ValueError(f"{type(self).__name__} is conditional: it needs class labels y")
-        return F.one_hot(y.long(), self.num_classes).to(like.dtype)
-
-    def _y(self, y):
-        return y if self.conditional else None
-
-    # -- networks -------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagGaussian:
-        """q(z|x) (of the first stochastic layer)."""
-        mu, logvar = self.encoder_forward(x, self._y(y)).float().chunk(2, dim=-1)
-        return DiagGaussian(mu, logvar)
-
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder output (one number per pixel) for z of the first stochastic layer."""
-        return self.decoder_forward(z, self._y(y)).view(z.shape[0], *self.input_shape)
-
-    def encoder_forward(self, x, y):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def decoder_forward(self, z, y):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    # -- the interface objectives and evaluation use -------------------------------------
-    def infer(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1,
-              analytic_kl: bool = True, step: int | None = None) -> dict:
-        q = self.encode(x, y)
-        z = q.rsample(k)                                           # (k, B, D)
-        out = self.decode(z.flatten(0, 1), repeat_batch(self._y(y), k))
-        log_px = self.likelihood.log_prob(out.view(k, -1, *self.input_shape), x)
-        log_pz_dims = standard_normal_log_prob_dims(z)
-        log_qz_dims = q.log_prob_dims(z)
-        if analytic_kl:
-            kl_dims = q.kl_to_standard_normal().unsqueeze(0).expand_as(z)
-        else:
-            kl_dims = log_qz_dims - log_pz_dims
-        return {"log_px": log_px, "log_pz": log_pz_dims.sum(-1), "log_qz": log_qz_dims.sum(-1),
-                "kl_dims": kl_dims, "x_out": out}
-
-    def latent_means(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list:
-        """E_q[z] of each stochastic layer, for counting active units."""
-        return [self.encode(x, y).mu]
-
-    # -- the code: what pictures move through ---------------------------------------------
     @property
-    def code_dim(self) -> int:
-        return self.latent_dim
-
-    @property
-    def code_kl_slice(self) -> slice:
-        """Which entries of ``kl_dims`` belong to the code layer."""
-        return slice(0, self.latent_dim)
-
-    def code(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The posterior mean of the code layer."""
-        return self.encode(x, y).mu
-
-    def decode_code(self, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean image for codes ``c``."""
-        return self.likelihood.mean(self.decode(c, y))
-
-    # -- pictures -----------------------------------------------------------------------
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
+    @abstractmethod
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images (B, C, H, W) of x passed through the model (at the posterior mean)."""
+
+    @abstractmethod
     def sample(self, n: int, y: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images of p(x|z) for z drawn from the prior (a CPU generator if given)."""
-        z = torch.randn(n, self.code_dim, generator=generator).to(self._device())
-        return self.decode_code(z, y)
+        """``n`` mean images drawn from the prior (``generator``: a CPU generator, so drawing
+        never moves the training RNG); conditional models draw class ``y[i]``."""
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean image of p(x|z) at the posterior mean z."""
-        return self.likelihood.mean(self.decode(self.encode(x, y).mu, y))
+
+class LatentVariable(ABC):
+    """A latent-variable model with a likelihood bound."""
+
+    @abstractmethod
+    def infer(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1,
+              analytic_kl: bool = True, step: int | None = None) -> Inference:
+        """k samples z ~ q(z | x) per example and the densities at them (see
+        :class:`Inference`). ``analytic_kl=False``: ``kl_dims`` is the single-sample estimate
+        log q - log p. ``step`` is the optimizer step (schedules of the model itself)."""
+
+    @abstractmethod
+    def latent_means(self, x: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> list[torch.Tensor]:
+        """E_q[z] of each stochastic layer, (B, D_l) each: active units are counted on them."""
+
+    @property
+    @abstractmethod
+    def code_kl_slice(self) -> slice:
+        """Which entries of ``kl_dims``' last dimension belong to the code layer."""
+
+
+class HasCode(ABC):
+    """A continuous code: the latent layer that pictures move through (the only layer of a
+    one-layer VAE, the top layer of a hierarchy)."""
+
+    @property
+    @abstractmethod
+    def code_dim(self) -> int:
+        """The code's size D."""
+
+    @abstractmethod
+    def code(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The code of each example, (B, D): the posterior mean."""
+
+    @abstractmethod
+    def decode_code(self, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images (B, C, H, W) for codes ``c`` (B, D)."""
+
+
+class OwnsObjective(ABC):
+    """A model that trains its own objective; the ``loss`` group then supplies only the pixel
+    likelihood (``loss=elbo``, the default, with its likelihood keys)."""
+
+    objective_doc: str = ""   # one line: what it minimises (for the message refusing loss=)
+
+    @abstractmethod
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor | None = None, step: int | None = None,
+                   train: bool = True, phase: str | None = None) -> dict[str, torch.Tensor]:
+        """Named terms in nats per example (batch means); ``loss`` is minimised. In training
+        ``phase`` names the parameter group stepped on this loss; ``phase=None`` is evaluation:
+        every term, ``loss`` being the running stage's headline number."""
+
+
+class ParameterGroups(ABC):
+    """Named parameter groups, one optimizer each, stepped in the order of ``phases`` on every
+    batch (``+optimizer.groups.<name>.<key>=...`` sets one group's optimizer)."""
+
+    phases: tuple[str, ...] = ("main",)
+
+    @abstractmethod
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """name -> parameters (a parameter may belong to several groups)."""
+
+
+class Staged(ABC):
+    """Training in stages, one after the other."""
+
+    stage: str = ""
+
+    @abstractmethod
+    def stages(self, epochs: int) -> list[Stage]:
+        """The stages for ``trainer.epochs=epochs`` (the first stage's length)."""
+
+    def set_stage(self, name: str) -> None:
+        """The trainer says which stage runs (evaluation follows it)."""
+        self.stage = name
+
+
+class ExtraMetrics(ABC):
+    """Numbers of the model's own for ``evaluate``."""
+
+    @abstractmethod
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums over the batch (tensors; added over batches in float64)."""
+
+    @abstractmethod
+    def evaluate_summary(self, sums: dict[str, torch.Tensor], n: int) -> dict:
+        """The metrics from the sums over ``n`` examples (written to eval.json)."""
+
+
+class Scheduled(ABC):
+    """Settings of the model that are functions of the optimizer step."""
+
+    @abstractmethod
+    def schedule_terms(self, step: int | None) -> dict[str, float]:
+        """Their values at ``step`` (logged beside the loss terms)."""
+
+
+class SemiSupervised(ABC):
+    """Learns from ``dataset.labeled`` labelled training examples (balanced over the classes,
+    chosen with ``labeled_seed``) besides every training example without its label."""
+
+    default_labeled: int = 100
+    labeled_seed: int = 0
+
+    @abstractmethod
+    def use_labels(self, labeled, to_batch: Callable[[torch.Tensor], torch.Tensor],
+                   num_train: int) -> None:
+        """``labeled``: the labelled training examples, ``labeled.x`` (n, C, H, W) as the data
+        stores them (uint8 images) and ``labeled.y`` (n,) int64, on the model's device;
+        ``to_batch(x)`` makes stored examples a batch the model takes (floats in [0, 1],
+        binarized afresh when the run is dynamically binarized); ``num_train``: training
+        examples in all (labelled or not)."""
+
+
+class Classifier(ABC):
+    """Predicts the class of an example."""
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class, (B,) int64."""
+
+
+class CategoricalCode(ABC):
+    """A code of ``num_latents`` categorical variables with ``num_categories`` classes each."""
+
+    num_latents: int
+    num_categories: int
+
+    @abstractmethod
+    def mode(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class of each variable, (B, N)."""
+
+    @abstractmethod
+    def decode_classes(self, c: torch.Tensor) -> torch.Tensor:
+        """Mean images for class indices ``c`` (B, N)."""
+
+    @abstractmethod
+    def variable_kl(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean KL(q(c_n | x) || p(c_n)) of each variable over a batch, (N,) nats."""
+
+
+class CodeGrid(ABC):
+    """A grid of discrete codes (indices into a codebook of ``num_codes``) per example."""
+
+    num_codes: int
+
+    @abstractmethod
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The code index at each grid position, (B, h, w) int64."""
+
+    @property
+    @abstractmethod
+    def has_prior(self) -> bool:
+        """Whether a prior over grids is trained, so that ``sample`` can draw."""
+
+
+class SampledPrior(ABC):
+    """A prior over codes that is known by its samples (not N(0, I))."""
+
+    @abstractmethod
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` codes drawn from the prior, (n, D), on the model's device."""
+
+    @property
+    @abstractmethod
+    def prior_span(self) -> float:
+        """Half the side of a square around 0 that holds nearly all of the prior's mass in the
+        first two code dimensions (the range pictures draw)."""
+
+
+# -- what callers ask ------------------------------------------------------------------------
+def stages_of(model: nn.Module, epochs: int) -> list[Stage]:
+    """The model's stages, or one stage ``train`` of ``epochs`` epochs and its phases."""
+    if isinstance(model, Staged):
+        return [Stage(str(n), int(e), tuple(p)) for n, e, p in model.stages(epochs)]
+    return [Stage("train", int(epochs), phases_of(model))]
+
+
+def phases_of(model: nn.Module) -> tuple[str, ...]:
+    return tuple(model.phases) if isinstance(model, ParameterGroups) else ("main",)
+
+
+def parameter_groups_of(model: nn.Module, objective: nn.Module) -> dict[str, list]:
+    """name -> parameters, one optimizer each: the model's groups, or one group ``main`` of
+    every parameter of the model and the objective."""
+    if isinstance(model, ParameterGroups):
+        return {name: list(params) for name, params in model.parameter_groups().items()}
+    return {"main": [*model.parameters(), *objective.parameters()]}
+
+
+def set_stage(model: nn.Module, name: str) -> None:
+    if isinstance(model, Staged):
+        model.set_stage(name)
+
+
+def schedule_terms(model: nn.Module, step: int | None) -> dict[str, float]:
+    return dict(model.schedule_terms(step)) if isinstance(model, Scheduled) else {}

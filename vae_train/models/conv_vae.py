@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from vae_train.models.base import GaussianVAE
+from vae_train.checks import int_list, integer
+from vae_train.models.gaussian import GaussianVAE
 from vae_train.nets import ConvDecoder, ConvEncoder, mlp
+from vae_train.nets.mlp import ACTIVATION
 
 
 class ConvVAE(GaussianVAE):
+    checks = {"channels": int_list(nonempty=True), "hidden_dim": integer(1),
+              "activation": ACTIVATION}
+
     def __init__(self, input_shape, latent_dim: int = 32, channels=(32, 64), hidden_dim: int = 256,
                  activation: str = "relu", num_classes: int = 0, likelihood=None):
         super().__init__(input_shape, latent_dim, num_classes, likelihood)

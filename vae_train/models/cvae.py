@@ -7,17 +7,20 @@ import math
 
 import torch
 
-from vae_train.models.base import GaussianVAE
+from vae_train.checks import int_list
+from vae_train.errors import UserError
+from vae_train.models.gaussian import GaussianVAE
 from vae_train.nets import mlp
+from vae_train.nets.mlp import ACTIVATION
 
 
 class CVAE(GaussianVAE):
     conditional = True
+    checks = {"hidden_dims": int_list(), "activation": ACTIVATION}
 
     def __init__(self, input_shape, num_classes: int, latent_dim: int = 20,
                  hidden_dims=(512, 256), activation: str = "relu", likelihood=None):
         if num_classes < 2:
-            from vae_train.errors import UserError
             raise UserError("model=cvae needs a labelled data set with at least 2 classes")
         super().__init__(input_shape, latent_dim, num_classes, likelihood)
         d = math.prod(self.input_shape)

@@ -36,23 +36,17 @@ probabilities; a class entry is active when its probability varies across images
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import make_grid
 
-from vae_train.config import _is_int, _is_num
+from vae_train.checks import BOOLEAN, int_list, integer, number
 from vae_train.errors import UserError
-from vae_train.losses import BernoulliLikelihood
+from vae_train.models.base import (CategoricalCode, HasCode, Inference, LatentVariable, Model,
+                                   Scheduled)
 from vae_train.nets import mlp
-from vae_train.pictures import prior_samples, reconstruction_grid
-
-
-def _check(ok: bool, key: str, value, what: str) -> None:
-    if not ok:
-        raise UserError(f"model.{key}={value!r} is invalid: it must be {what}")
+from vae_train.nets.mlp import ACTIVATION
 
 
 def gumbel_noise(shape, like: torch.Tensor) -> torch.Tensor:
@@ -66,27 +60,20 @@ def categorical_kl_to_uniform(log_q: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * (log_q + math.log(log_q.shape[-1]))).sum(-1)
 
 
-class GumbelVAE(nn.Module):
-    conditional = False
+class GumbelVAE(Model, LatentVariable, HasCode, Scheduled, CategoricalCode):
+    checks = {"num_latents": integer(1), "num_categories": integer(2),
+              "hidden_dims": int_list(), "activation": ACTIVATION,
+              "tau0": number(0, low_open=True), "tau_min": number(0, low_open=True),
+              "anneal_rate": number(0), "hard": BOOLEAN}
 
     def __init__(self, input_shape, num_latents: int = 30, num_categories: int = 10,
                  hidden_dims=(512, 256), activation: str = "relu", tau0: float = 1.0,
                  tau_min: float = 0.5, anneal_rate: float = 3e-5, hard: bool = False,
                  num_classes: int = 0, likelihood: nn.Module | None = None):
-        super().__init__()
-        _check(_is_int(num_latents) and num_latents > 0, "num_latents", num_latents,
-               "a positive integer (the number of categorical variables)")
-        _check(_is_int(num_categories) and num_categories >= 2, "num_categories",
-               num_categories, "an integer >= 2 (classes per categorical variable)")
-        _check(_is_num(tau0) and tau0 > 0, "tau0", tau0, "a number > 0")
-        _check(_is_num(tau_min) and 0 < tau_min <= tau0, "tau_min", tau_min,
-               f"a number in (0, tau0={tau0}]")
-        _check(_is_num(anneal_rate) and anneal_rate >= 0, "anneal_rate", anneal_rate,
-               "a number >= 0 (per optimizer step)")
-        _check(isinstance(hard, bool), "hard", hard, "true or false")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes = int(num_classes)
-        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        if tau_min > tau0:
+            raise UserError(f"model.tau_min={tau_min!r} is invalid: it must be a number in "
+                            f"(0, tau0={tau0}]")
+        super().__init__(input_shape, num_classes, likelihood)
         self.num_latents, self.num_categories = int(num_latents), int(num_categories)
         self.tau0, self.tau_min = float(tau0), float(tau_min)
         self.anneal_rate, self.hard = float(anneal_rate), bool(hard)
@@ -134,7 +121,7 @@ class GumbelVAE(nn.Module):
 
     # -- the interface objectives and evaluation use ----------------------------------------
     def infer(self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1,
-              analytic_kl: bool = True, step: int | None = None) -> dict:
+              analytic_kl: bool = True, step: int | None = None) -> Inference:
         log_q = self.log_q(x)                                      # (B, N, K)
         z = self.draw(log_q, k, step)                              # (k, B, N, K)
         out = self.decode(z.flatten(0, 1))
@@ -174,16 +161,17 @@ class GumbelVAE(nn.Module):
         """Mean images for codes (B, N*K) or (B, N, K)."""
         return self.likelihood.mean(self.decode(c))
 
-    # -- pictures ---------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
+    def decode_classes(self, c: torch.Tensor) -> torch.Tensor:
+        """Mean images for class indices ``c`` (B, N)."""
+        return self.decode_code(self.one_hot(c))
 
+    # -- reconstructions and samples -----------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean images for codes drawn from the uniform prior (a CPU generator if given)."""
         c = torch.randint(self.num_categories, (n, self.num_latents), generator=generator)
-        return self.decode_code(self.one_hot(c.to(self._device())))
+        return self.decode_code(self.one_hot(c.to(self.device)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,37 +182,3 @@ class GumbelVAE(nn.Module):
     def variable_kl(self, x: torch.Tensor) -> torch.Tensor:
         """Mean KL(q(c_n|x) || uniform) per variable over a batch, (N,)."""
         return categorical_kl_to_uniform(self.log_q(x)).mean(0)
-
-    @torch.no_grad()
-    def traversals(self, x: torch.Tensor, variables: list[int]) -> torch.Tensor:
-        """One row per variable in ``variables``: image ``x[0]`` at the left, then the image's
-        argmax code with that variable set to each of its K classes in turn."""
-        c = self.mode(x[:1])                                       # (1, N)
-        classes = torch.arange(self.num_categories, device=c.device)
-        rows = []
-        for v in variables:
-            codes = c.repeat(self.num_categories, 1)
-            codes[:, v] = classes
-            imgs = self.decode_code(self.one_hot(codes))
-            rows.append(torch.cat([x[:1].float(), imgs.to(torch.float32)]))
-        return make_grid(torch.cat(rows).cpu().float(), nrow=self.num_categories + 1,
-                         pad_value=0.5)
-
-    def figures(self, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
-        """Reconstructions (at the argmax code) and samples (uniform one-hot codes)."""
-        return {"reconstructions": reconstruction_grid(self, x[:n], None),
-                "samples": prior_samples(self, n, seed)}
-
-    def sample_figures(self, x: torch.Tensor, y: torch.Tensor, args) -> dict:
-        """Samples, reconstructions, and traversals of the ``dims`` variables with the largest
-        mean KL on the test images (``steps`` and ``span`` do not apply: each row shows all K
-        classes)."""
-        kl = self.variable_kl(x).cpu()
-        order = torch.argsort(kl, descending=True)[:int(args.dims)].tolist()
-        i = int(args.image)
-        print("traversed variables (mean KL, nats; at most log K = "
-              f"{math.log(self.num_categories):.2f}): "
-              + ", ".join(f"{v} ({kl[v]:.2f})" for v in order), file=sys.stderr)
-        return {"samples": prior_samples(self, int(args.n), int(args.seed)),
-                "reconstructions": reconstruction_grid(self, x[:int(args.n)], None),
-                "traversals": self.traversals(x[i:i + 1], order)}

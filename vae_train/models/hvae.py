@@ -15,12 +15,17 @@ import math
 
 import torch
 
-from vae_train.losses import DiagGaussian, standard_normal_log_prob_dims
-from vae_train.models.base import GaussianVAE
+from vae_train.checks import int_list, integer
+from vae_train.distributions import DiagGaussian, standard_normal_log_prob_dims
+from vae_train.models.gaussian import GaussianVAE
 from vae_train.nets import mlp
+from vae_train.nets.mlp import ACTIVATION
 
 
 class HVAE(GaussianVAE):
+    checks = {"latent_dim2": integer(1), "hidden_dims": int_list(), "hidden_dims2": int_list(),
+              "activation": ACTIVATION}
+
     def __init__(self, input_shape, latent_dim: int = 100, latent_dim2: int = 50,
                  hidden_dims=(100, 100), hidden_dims2=(50, 50), activation: str = "tanh",
                  num_classes: int = 0, likelihood=None):
@@ -89,7 +94,7 @@ class HVAE(GaussianVAE):
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z2 ~ N(0, I), z1 ~ p(z1 | z2), then the mean image of p(x | z1)."""
-        device = self._device()
+        device = self.device
         z2 = torch.randn(n, self.latent_dim2, generator=generator).to(device)
         p1 = self.p1(z2)
         eps = torch.randn(n, self.latent_dim, generator=generator).to(device)

@@ -39,19 +39,20 @@ part that depends only on x is computed once for all K classes.
 from __future__ import annotations
 
 import math
-import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_train.data.batches import to_float
+from vae_train.checks import Rule, int_list, integer, is_int, number, optional
+from vae_train.distributions import DiagGaussian, standard_normal_log_prob_dims
 from vae_train.errors import UserError
-from vae_train.losses import BernoulliLikelihood, DiagGaussian, standard_normal_log_prob_dims
+from vae_train.models.base import (Classifier, ExtraMetrics, HasCode, Inference, LatentVariable,
+                                   Model, OwnsObjective, SemiSupervised)
 from vae_train.nets import mlp
+from vae_train.nets.mlp import ACTIVATION
 from vae_train.nets.mlp import activation as make_activation
-
-DEFAULT_LABELED = 100
 
 
 class _ClassEmbedding(nn.Embedding):
@@ -63,35 +64,18 @@ class _ClassEmbedding(nn.Embedding):
         nn.init.uniform_(self.weight, -bound, bound)
 
 
-class _GivenClass:
-    """A view of an M2 model as a conditional model, so the shared picture functions
-    (class grid, traversals, interpolations, reconstructions) pass it the class explicitly."""
-
-    conditional = True
-
-    def __init__(self, model: M2):
-        self._m = model
-        self.num_classes, self.code_dim = model.num_classes, model.code_dim
-
-    def parameters(self):
-        return self._m.parameters()
-
-    def code(self, x, y):
-        return self._m.code(x, y)
-
-    def decode_code(self, c, y):
-        return self._m.decode_code(c, y)
-
-    def reconstruct(self, x, y):
-        return self._m.reconstruct(x, y)
-
-    def sample(self, n, y=None, generator=None):
-        return self._m.sample(n, y, generator)
-
-
-class M2(nn.Module):
-    conditional = False          # labels are not an input at test time: q(y|x) predicts them
-    semi_supervised = True       # accepts dataset.labeled
+class M2(Model, OwnsObjective, LatentVariable, HasCode, ExtraMetrics, SemiSupervised,
+         Classifier):
+    # Not ``conditional``: labels are not an input at test time, q(y|x) predicts them.
+    checks = {"latent_dim": integer(1),
+              # the class enters the networks at their first hidden layer
+              "hidden_dims": Rule(lambda v: len(v) > 0 and all(is_int(h) and h > 0 for h in v),
+                                  "a non-empty list of positive integers (model=m2 needs a "
+                                  "hidden layer: the class enters its networks there)"),
+              "classifier_dims": int_list(), "activation": ACTIVATION, "alpha": number(0),
+              "labeled_weight": optional(number(0)),
+              "labeled_batch_size": integer(1, what="an integer >= 1"),
+              "labeled_seed": integer(0)}
     objective_doc = ("the M2 bound: unlabelled -ELBO with y summed out, the labelled -ELBO, "
                      "and alpha times the labelled cross-entropy")
 
@@ -100,23 +84,15 @@ class M2(nn.Module):
                  alpha: float = 0.1, labeled_weight: float | None = 1.0,
                  labeled_batch_size: int = 100, labeled_seed: int = 0,
                  likelihood: nn.Module | None = None):
-        super().__init__()
         if num_classes < 2:
             raise UserError("model=m2 needs a labelled data set with at least 2 classes")
-        # Values are range-checked with the rest of the config (config.CHECKS), before any
-        # data is read; M2 alone needs a hidden layer: the class enters the networks there.
+        super().__init__(input_shape, num_classes, likelihood)
         hidden, classifier = [int(h) for h in hidden_dims], [int(h) for h in classifier_dims]
-        if not hidden:
-            raise UserError("model.hidden_dims=[] is invalid: model=m2 needs at least one "
-                            "hidden layer (the class enters its networks there)")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes = int(num_classes)
         self.latent_dim = int(latent_dim)
         self.alpha = float(alpha)
         self.labeled_weight_cfg = None if labeled_weight is None else float(labeled_weight)
         self.labeled_batch_size = int(labeled_batch_size)
         self.labeled_seed = int(labeled_seed)
-        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         d, k, zd = math.prod(self.input_shape), self.num_classes, self.latent_dim
 
         self.classifier = mlp(d, classifier, k, activation)                 # q(y | x)
@@ -132,31 +108,28 @@ class M2(nn.Module):
         self.dec_rest = nn.Sequential(make_activation(activation),
                                       mlp(back[0], back[1:], d, activation))
 
-        # set by bind(): the labelled subset (uint8 on the data's device), the weight of the
-        # labelled -ELBO and that of the labelled cross-entropy in the loss
+        # set by use_labels(): the labelled subset (as stored, on the data's device) and how
+        # to make a batch of it, the weight of the labelled -ELBO and that of the labelled
+        # cross-entropy in the loss
         self.labeled = None
+        self._to_batch: Callable | None = None
         self.labeled_weight = self.ce_weight = 0.0
-        self.dynamic_binarize = False
 
     # -- data ---------------------------------------------------------------------------
-    def bind(self, data) -> None:
-        """Keep ``data.labeled`` (default 100) balanced labelled training examples."""
-        n = DEFAULT_LABELED if getattr(data, "labeled", None) is None else data.labeled
-        self.labeled = data.labeled_subset(n, self.labeled_seed)
-        ratio = len(data.train) / len(self.labeled)                      # N / N_l
+    def use_labels(self, labeled, to_batch, num_train: int) -> None:
+        """Learn from the labelled examples ``labeled`` (``.x``, ``.y``) besides all
+        ``num_train`` training examples without their labels."""
+        self.labeled, self._to_batch = labeled, to_batch
+        ratio = num_train / len(labeled.y)                                 # N / N_l
         self.labeled_weight = 1 / ratio if self.labeled_weight_cfg is None \
             else self.labeled_weight_cfg
         self.ce_weight = self.labeled_weight * self.alpha * ratio
-        self.dynamic_binarize = data.binarize == "dynamic"
 
     def labeled_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.labeled is None:
-            raise RuntimeError("M2 has no labelled examples: call model.bind(data) first")
-        idx = torch.randint(len(self.labeled), (self.labeled_batch_size,), device=device)
-        x = to_float(self.labeled.x[idx])
-        if self.dynamic_binarize:
-            x = torch.bernoulli(x)
-        return x, self.labeled.y[idx]
+            raise RuntimeError("M2 has no labelled examples: call model.use_labels(...) first")
+        idx = torch.randint(len(self.labeled.y), (self.labeled_batch_size,), device=device)
+        return self._to_batch(self.labeled.x[idx]), self.labeled.y[idx]
 
     # -- networks -----------------------------------------------------------------------
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +215,7 @@ class M2(nn.Module):
         return terms
 
     # -- the likelihood-bound interface (evaluate's NLL) ------------------------------------
-    def infer(self, x, y=None, k: int = 1, analytic_kl: bool = True, step=None) -> dict:
+    def infer(self, x, y=None, k: int = 1, analytic_kl: bool = True, step=None) -> Inference:
         """k importance samples of (y, z) per example: y ~ q(y|x), z ~ q(z|x,y), so
         log_px + log_pz - log_qz estimates log p(x). With labels y given, z only: the bound
         is of log p(x, y). ``kl_dims`` is (k, B, D + 1): z's D dimensions, then y's KL
@@ -312,51 +285,16 @@ class M2(nn.Module):
             raise ValueError("M2 decodes a code as a class: pass y")
         return self.likelihood.mean(self.decode(c, y.to(c.device).long()))
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I) and, unless given, y ~ p(y) (uniform); mean images of p(x | y, z)."""
         z = torch.randn(n, self.latent_dim, generator=generator)
         if y is None:
             y = torch.randint(self.num_classes, (n,), generator=generator)
-        return self.decode_code(z.to(self._device()), y.to(self._device()))
+        return self.decode_code(z.to(self.device), y.to(self.device))
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):
         """At the predicted class (or the given one) and the mean of q(z | x, y)."""
         y = self.predict(x) if y is None else y
         return self.decode_code(self.code(x, y), y)
-
-    @torch.no_grad()
-    def figures(self, x, y, n: int, seed: int = 0) -> dict:
-        """Reconstructions (at the predicted class), prior samples, and the class grid: one
-        row per class, one column per shared z (a 'style')."""
-        from vae_train.pictures import class_grid, prior_samples, reconstruction_grid
-
-        view = _GivenClass(self)
-        x = x[:n]
-        return {"reconstructions": reconstruction_grid(view, x, self.predict(x)),
-                "samples": prior_samples(self, n, seed),
-                "class_samples": class_grid(view, seed=seed)}
-
-    @torch.no_grad()
-    def sample_figures(self, x, y, args) -> dict:
-        """sample.py's set: samples, class grid, reconstructions, traversals and
-        interpolations, each image drawn as the class q(y|x) predicts for it."""
-        from vae_train.pictures import interpolations, traversals
-
-        n, i = int(args.n), int(args.image)
-        figs = self.figures(x, y, n, int(args.seed))
-        pred = self.predict(x)
-        kl = self.encode(x, pred).kl_to_standard_normal().mean(0).cpu()
-        order = torch.argsort(kl, descending=True)[:int(args.dims)].tolist()
-        view = _GivenClass(self)
-        figs["traversals"] = traversals(view, x[i:i + 1], pred[i:i + 1], order, int(args.steps),
-                                        float(args.span))
-        figs["interpolations"] = interpolations(view, x, pred, int(args.pairs),
-                                                int(args.interp_steps))
-        print("traversed code dimensions (mean KL, nats): "
-              + ", ".join(f"{d} ({kl[d]:.2f})" for d in order), file=sys.stderr)
-        return figs

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
-from vae_train.models.base import GaussianVAE
+from vae_train.checks import int_list
+from vae_train.models.gaussian import GaussianVAE
 from vae_train.nets import mlp
+from vae_train.nets.mlp import ACTIVATION
 
 
 class VAE(GaussianVAE):
+    checks = {"hidden_dims": int_list(), "activation": ACTIVATION}
+
     def __init__(self, input_shape, latent_dim: int = 20, hidden_dims=(400,),
                  activation: str = "relu", num_classes: int = 0, likelihood=None):
         super().__init__(input_shape, latent_dim, num_classes, likelihood)

@@ -20,20 +20,19 @@ With a prior, -log p(x) <= -log p(x | z_q) - log p(z_q) (a one-hot posterior has
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import make_grid
 
+from vae_train.checks import BOOLEAN, int_list, integer, number
 from vae_train.errors import UserError
+from vae_train.models.base import (CodeGrid, ExtraMetrics, Model, OwnsObjective, ParameterGroups,
+                                   Stage, Staged)
 from vae_train.nets import ConvDecoder, ConvEncoder
+from vae_train.nets.mlp import ACTIVATION
 from vae_train.nets.mlp import activation as make_activation
-from vae_train.pictures import prior_samples, reconstruction_grid
-
-log = logging.getLogger(__name__)
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -89,25 +88,24 @@ class PixelCNNPrior(nn.Module):
         return codes
 
 
-class VQVAE(nn.Module):
-    conditional = False
+class VQVAE(Model, OwnsObjective, ParameterGroups, Staged, ExtraMetrics, CodeGrid):
     objective_doc = "reconstruction + codebook + commitment, then a PixelCNN prior over codes"
+    checks = {"num_codes": integer(2), "code_dim": integer(1),
+              "channels": int_list(nonempty=True), "commitment": number(0), "ema": BOOLEAN,
+              "decay": number(0, 1, low_open=True, high_open=True),
+              "restart_threshold": number(0), "prior_epochs": integer(0),
+              "prior_channels": integer(1), "prior_layers": integer(0), "activation": ACTIVATION}
 
     def __init__(self, input_shape, num_codes: int = 128, code_dim: int = 32,
                  channels=(32, 64), commitment: float = 0.25, ema: bool = False,
                  decay: float = 0.99, restart_threshold: float = 0.03, prior_epochs: int = 10,
                  prior_channels: int = 64, prior_layers: int = 6, activation: str = "relu",
                  num_classes: int = 0, likelihood=None):
-        super().__init__()
-        # Values are range-checked with the rest of the config (config.CHECKS), before any
-        # data is read.
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes = int(num_classes)
+        super().__init__(input_shape, num_classes, likelihood)
         self.num_codes, self.code_dim = int(num_codes), int(code_dim)
         self.commitment, self.ema, self.decay = float(commitment), bool(ema), float(decay)
         self.restart_threshold = float(restart_threshold)
         self.prior_epochs = int(prior_epochs)
-        self.likelihood = likelihood
         self.stage = "autoencoder"
 
         body = ConvEncoder(self.input_shape, channels, None, activation)
@@ -130,10 +128,10 @@ class VQVAE(nn.Module):
         self.prior = PixelCNNPrior(self.num_codes, prior_channels, prior_layers)
 
     # -- stages and parameter groups ----------------------------------------------------------
-    def stages(self, epochs: int) -> list:
-        out = [("autoencoder", epochs, ("main",))]
+    def stages(self, epochs: int) -> list[Stage]:
+        out = [Stage("autoencoder", epochs, ("main",))]
         if self.prior_epochs:
-            out.append(("prior", self.prior_epochs, ("prior",)))
+            out.append(Stage("prior", self.prior_epochs, ("prior",)))
         return out
 
     def parameter_groups(self) -> dict:
@@ -248,7 +246,7 @@ class VQVAE(nn.Module):
             out["nll_bound"] = sums["nll_bound"].item() / n
         return out
 
-    # -- pictures ---------------------------------------------------------------------------
+    # -- reconstructions and samples -----------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, x, y=None) -> torch.Tensor:
         return self.decode_codes(self.codes(x))
@@ -260,35 +258,4 @@ class VQVAE(nn.Module):
             raise UserError("this VQ-VAE has no trained prior (model.prior_epochs=0), so it "
                             "cannot draw new images; train one: python -m vae_train resume=<run> "
                             "model.prior_epochs=10")
-        device = next(self.parameters()).device
-        return self.decode_codes(self.prior.sample(n, self.grid, device, generator))
-
-    @torch.no_grad()
-    def code_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The code index at each grid position, as a colour image per input, beside it."""
-        idx = self.codes(x)
-        g = torch.Generator().manual_seed(0)
-        palette = torch.rand(self.num_codes, 3, generator=g).to(idx.device)
-        maps = palette[idx].permute(0, 3, 1, 2)                           # (B, 3, h, w)
-        maps = F.interpolate(maps, size=self.input_shape[1:], mode="nearest")
-        imgs = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
-        pairs = torch.stack([imgs, maps], dim=1).flatten(0, 1)
-        return make_grid(pairs.cpu(), nrow=16, pad_value=0.5)
-
-    def figures(self, x, y, n, seed=0) -> dict:
-        out = {"reconstructions": reconstruction_grid(self, x, y),
-               "code_maps": self.code_map(x[:32])}
-        if self.has_prior:
-            out["samples"] = prior_samples(self, n, seed)
-        return out
-
-    def sample_figures(self, x, y, args) -> dict:
-        n = int(args.n)
-        figs = {"reconstructions": reconstruction_grid(self, x[:n], y[:n]),
-                "code_maps": self.code_map(x[:32])}
-        if self.has_prior:
-            figs["samples"] = prior_samples(self, n, int(args.seed))
-        else:
-            log.warning("no prior trained (model.prior_epochs=0): no samples.png; train one "
-                        "with python -m vae_train resume=<run> model.prior_epochs=10")
-        return figs
+        return self.decode_codes(self.prior.sample(n, self.grid, self.device, generator))

@@ -1,18 +1,23 @@
+"""Multi-layer perceptrons and the activation functions every body can use."""
+
 from __future__ import annotations
 
 from torch import nn
 
+from vae_train.checks import one_of
+
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
                "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
+# The rule for a model's ``activation`` option (see vae_train.checks).
+ACTIVATION = one_of(*ACTIVATIONS)
 
 
 def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        from vae_train.errors import UserError
-        raise UserError(f"model.activation={name!r} is not known; "
-                        f"use one of {', '.join(sorted(ACTIVATIONS))}") from None
+        raise ValueError(f"activation {name!r} is not known; use one of "
+                         f"{', '.join(ACTIVATIONS)}") from None
 
 
 def mlp(in_dim: int, hidden_dims, out_dim: int, act: str = "relu") -> nn.Sequential:

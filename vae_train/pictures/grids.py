@@ -1,16 +1,18 @@
-"""Image grids a user looks at: reconstructions, prior samples, per-class samples, 2-D manifold.
+"""Image grids: reconstructions, prior samples, per-class samples, the 2-D manifold, traversals
+and interpolations of a continuous code, per-variable sweeps of a categorical code, and code
+maps of a grid of discrete codes. Each returns one (3, H, W) float image in [0, 1].
 
-Every grid is drawn with its own seeded generator, so drawing pictures never moves the
-training RNG (and so never changes a run's result).
+Every grid that draws at random uses its own seeded generator, so drawing pictures never moves
+the training RNG (and so never changes a run's result).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
+import torch.nn.functional as F
+from torchvision.utils import make_grid
 
 
 def _rows(n: int) -> int:
@@ -33,14 +35,14 @@ def prior_samples(model, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     y = None
     if model.conditional:
-        y = (torch.arange(n) % model.num_classes).to(next(model.parameters()).device)
+        y = (torch.arange(n) % model.num_classes).to(model.device)
     return make_grid(model.sample(n, y, generator=g).cpu(), nrow=_rows(n), pad_value=0.5)
 
 
 @torch.no_grad()
 def class_grid(model, per_class: int = 10, seed: int = 0) -> torch.Tensor:
     """One row per class; each column shares one z, so a column is one 'style'."""
-    device = next(model.parameters()).device
+    device = model.device
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(per_class, model.code_dim, generator=g).to(device)
     k = model.num_classes
@@ -54,7 +56,7 @@ def manifold(model, side: int = 15, label: int = 0, span: float | None = None) -
     """For 2-D codes: decode a grid of z at evenly spaced Gaussian quantiles (conditional
     models: for class ``label``), or evenly spaced over [-span, span] when ``span`` is given
     (priors that are not standard normal)."""
-    device = next(model.parameters()).device
+    device = model.device
     q = (torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side))
          if span is None else torch.linspace(-span, span, side))
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
@@ -99,70 +101,31 @@ def interpolations(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
     return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 2, pad_value=0.5)
 
 
-def pil_to_tensor(img) -> torch.Tensor:
-    """A PIL RGB image as a (3, H, W) float tensor in [0, 1] (what the grids are)."""
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+@torch.no_grad()
+def categorical_traversals(model, x: torch.Tensor, variables: list[int]) -> torch.Tensor:
+    """One row per variable in ``variables`` of a categorical code: image ``x[0]`` at the left,
+    then the image's most probable code with that variable set to each of its K classes."""
+    c = model.mode(x[:1])                                          # (1, N)
+    classes = torch.arange(model.num_categories, device=c.device)
+    rows = []
+    for v in variables:
+        codes = c.repeat(model.num_categories, 1)
+        codes[:, v] = classes
+        imgs = model.decode_classes(codes)
+        rows.append(torch.cat([x[:1].float(), imgs.to(torch.float32)]))
+    return make_grid(torch.cat(rows).cpu().float(), nrow=model.num_categories + 1,
+                     pad_value=0.5)
 
 
-# Ten distinguishable colours (one per class), as RGB.
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def latent_scatter(codes: torch.Tensor, labels: torch.Tensor | None,
-                   background: torch.Tensor | None = None, span: float = 3.0,
-                   size: int = 320) -> torch.Tensor:
-    """A scatter plot of 2-D codes over [-span, span]^2, coloured by class, drawn over
-    ``background`` points (prior samples) in light grey; axes through the origin."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    to_px = lambda v: (v.clamp(-span, span) + span) / (2 * span) * (size - 1)  # noqa: E731
-    draw.line([(size // 2, 0), (size // 2, size)], fill=(200, 200, 200))
-    draw.line([(0, size // 2), (size, size // 2)], fill=(200, 200, 200))
-    grey = torch.full((len(background),), -1) if background is not None else None
-    layers = [(background, grey), (codes, labels)] if background is not None else \
-        [(codes, labels)]
-    for pts, lab in layers:
-        px, py = to_px(pts[:, 0].float().cpu()), to_px(-pts[:, 1].float().cpu())
-        for i in range(len(pts)):
-            c = -2 if lab is None else int(lab[i])
-            colour = (190, 190, 190) if c == -1 else (0, 0, 0) if c == -2 else \
-                PALETTE[c % len(PALETTE)]
-            x0, y0 = float(px[i]), float(py[i])
-            draw.ellipse([x0 - 1.5, y0 - 1.5, x0 + 1.5, y0 + 1.5], fill=colour)
-    return pil_to_tensor(img)
-
-
-def default_figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
-    """Reconstructions, prior samples, the class grid (conditional) and the manifold (2-D)."""
-    out = {"reconstructions": reconstruction_grid(model, x[:n], y[:n]),
-           "samples": prior_samples(model, n, seed)}
-    if model.conditional:
-        out["class_samples"] = class_grid(model, seed=seed)
-    if model.code_dim == 2:
-        out["manifold"] = manifold(model)
-    return out
-
-
-def figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> dict:
-    """The grids for this model: name -> (3, H, W) float image in [0, 1]. A model with its own
-    pictures (sequence plots, a discrete code) defines ``figures(x, y, n, seed)``."""
-    was_training = model.training
-    model.eval()
-    try:
-        if hasattr(model, "figures"):
-            return model.figures(x[:n], y[:n], n, seed)
-        return default_figures(model, x, y, n, seed)
-    finally:
-        model.train(was_training)
-
-
-def save_figures(figs: dict, folder) -> list:
-    paths = []
-    for name, img in figs.items():
-        path = f"{folder}/{name}.png"
-        save_image(img, path)
-        paths.append(path)
-    return paths
+@torch.no_grad()
+def code_map(model, x: torch.Tensor) -> torch.Tensor:
+    """For a grid of discrete codes: each input beside its grid of code indices, one colour per
+    code (a fixed random palette)."""
+    idx = model.codes(x)
+    g = torch.Generator().manual_seed(0)
+    palette = torch.rand(model.num_codes, 3, generator=g).to(idx.device)
+    maps = palette[idx].permute(0, 3, 1, 2)                           # (B, 3, h, w)
+    maps = F.interpolate(maps, size=model.input_shape[1:], mode="nearest")
+    imgs = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
+    pairs = torch.stack([imgs, maps], dim=1).flatten(0, 1)
+    return make_grid(pairs.cpu(), nrow=16, pad_value=0.5)

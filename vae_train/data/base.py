@@ -1,0 +1,121 @@
+"""What every data set is: a class built from the ``dataset`` config node (its ``_target_``)
+that reads its examples into memory as :class:`ImageData`; and the options every data set
+shares (sizes, the validation split, binarization, labels kept for semi-supervised models).
+
+A data set of your own is a subclass of :class:`DataSet` that implements :meth:`DataSet.read`
+(see docs/adding.md); nothing inside vae_train needs to change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from vae_train.checks import Checked, Rule, integer, is_int, is_num, one_of, optional
+from vae_train.data.factors import FactorGrid
+from vae_train.errors import UserError
+
+BINARIZE = ("none", "static", "dynamic")
+
+
+@dataclass
+class ImageData:
+    """A data set in memory: examples (N, C, H, W), uint8 images (0..255) or float values
+    (sequences, (N, 1, T, F)), and int64 labels, for both splits."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str] = field(default_factory=list)
+    # Generated from known factors of variation (dsprites): each example's factor indices
+    # (N, K) int64, and the grid they index.
+    train_factors: torch.Tensor | None = None
+    test_factors: torch.Tensor | None = None
+    factor_grid: FactorGrid | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DataSet(Checked, ABC):
+    """A data set built from the ``dataset`` config node. Subclasses take their own options
+    (a root folder, generator settings) and pass the shared ones (``**common``) on."""
+
+    config_group = "dataset"
+    checks = {
+        "train_size": optional(integer(1)),
+        "test_size": optional(integer(1)),
+        "val_size": Rule(lambda v: is_num(v) and (0 < v < 1 or (is_int(v) and v >= 1)),
+                         "a fraction in (0, 1) or a count >= 1"),
+        "binarize": one_of(*BINARIZE),
+        "split_seed": integer(0),
+        "binarize_seed": integer(0),
+        "labeled": optional(integer(1)),
+    }
+
+    def __init__(self, name: str | None = None, train_size: int | None = None,
+                 test_size: int | None = None, val_size: float = 0.1, binarize: str = "none",
+                 split_seed: int = 0, binarize_seed: int = 0, labeled: int | None = None,
+                 likelihood: str | None = None):
+        self.name = name or type(self).__name__.lower()
+        self.train_size, self.test_size = train_size, test_size
+        self.val_size, self.binarize = val_size, binarize
+        self.split_seed, self.binarize_seed = int(split_seed), int(binarize_seed)
+        self.labeled = labeled            # semi-supervised models: labels kept (None: theirs)
+        self.likelihood = likelihood      # the loss.likelihood this data asks for, if any
+
+    @abstractmethod
+    def read(self) -> ImageData:
+        """Both splits in memory. Raise :class:`vae_train.errors.UserError` with one line
+        naming what is missing or wrong (and where it looked) when the data cannot be read."""
+
+    def load(self) -> ImageData:
+        """:meth:`read`, then only the first ``train_size`` / ``test_size`` examples."""
+        data = self.read()
+        for split, size in (("train", self.train_size), ("test", self.test_size)):
+            if size is None:
+                continue
+            x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+            if size > len(x):
+                raise UserError(f"dataset.{split}_size={size} but {data.name} has only "
+                                f"{len(x)} {split} images; use a smaller value or null for all")
+            setattr(data, f"{split}_x", x[:size])
+            setattr(data, f"{split}_y", y[:size])
+            factors = getattr(data, f"{split}_factors")
+            if factors is not None:
+                setattr(data, f"{split}_factors", factors[:size])
+        return data
+
+
+def build_dataset(node) -> DataSet:
+    """The data set a ``dataset`` config node describes (one line naming a bad option)."""
+    from hydra.utils import instantiate
+
+    from vae_train.compat import dataset_node
+
+    try:
+        dataset = instantiate(dataset_node(node))
+    except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
+        cause = e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"dataset: cannot build {node.get('_target_', '?')}: "
+                        f"{str(cause).splitlines()[0]}") from None
+    if not isinstance(dataset, DataSet):
+        raise UserError(f"dataset._target_={node.get('_target_')} builds a "
+                        f"{type(dataset).__name__}, not a vae_train.data.DataSet")
+    return dataset
+
+
+def load_image_data(node) -> ImageData:
+    """Build the data set of a ``dataset`` config node and read it."""
+    return build_dataset(node).load()

@@ -1,0 +1,149 @@
+"""The data sets torchvision knows, read from its on-disk layout into uint8 tensors.
+
+Search order: ``dataset.root`` in torchvision's layout (``<root>/MNIST/raw/...``,
+``<root>/FashionMNIST/raw/...``, ``<root>/KMNIST/raw/...``, ``<root>/cifar-10-batches-py/...``);
+for Fashion-MNIST also Debian's ``/usr/share/datasets/fashion-mnist``; then torchvision's
+download into ``dataset.root`` (when ``dataset.download`` is true). If all fail, one message
+names every place tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vae_train.data.base import DataSet, ImageData
+from vae_train.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_cifar10
+from vae_train.data.idx import read_idx
+from vae_train.errors import UserError, first_line
+
+log = logging.getLogger(__name__)
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class TorchvisionSet(DataSet):
+    """A set read from torchvision's layout under ``root`` (downloaded there if missing and
+    ``download`` is true)."""
+
+    title: str = ""        # the set's name in messages
+    tv_class: str = ""     # the torchvision.datasets class that downloads it
+
+    def __init__(self, root: str, download: bool = True, **common):
+        super().__init__(**common)
+        self.root = Path(str(root)).expanduser()
+        self.download = bool(download)
+
+    def check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"dataset.root={self.root} is a file, not a directory; "
+                            "point dataset.root at a folder")
+
+    def try_download(self) -> str:
+        """torchvision's download into ``root``; why it failed ('' if it did not)."""
+        import torchvision.datasets as tvd
+
+        log.info("%s not found locally; trying torchvision's download into %s", self.title,
+                 self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for train in (True, False):
+                getattr(tvd, self.tv_class)(str(self.root), train=train, download=True)
+        except Exception as e:  # noqa: BLE001 - any failure becomes one line for the user
+            return first_line(e)
+        return ""
+
+
+class MnistLike(TorchvisionSet):
+    """28x28 grey images in four IDX files (plain or .gz), ten classes."""
+
+    folder: str = ""                   # torchvision's folder name under the root
+    classes: tuple = ()
+    extra_dirs: tuple = ()             # other places the four files may be
+    hint: str = ""                     # how to get them, for the message when they are not found
+
+    def _find(self, dirs: list[Path]) -> Path | None:
+        """The first directory holding all four IDX files (plain or .gz)."""
+        for d in dirs:
+            if all(_idx_file(d, n) for pair in IDX_FILES.values() for n in pair):
+                return d
+        return None
+
+    def read(self) -> ImageData:
+        self.check_root()
+        dirs = [self.root / self.folder / "raw", self.root / self.folder, *self.extra_dirs]
+        found = self._find(dirs)
+        why = "not downloaded: dataset.download=false"
+        if found is None and self.download:
+            why = self.try_download() or "the download left no usable files"
+            why = f"download failed: {why}"
+            found = self._find(dirs)
+        if found is None:
+            tried = ", ".join(str(d) for d in dirs)
+            raise UserError(
+                f"{self.title} not found: looked in {tried}; {why}. "
+                f"To fix: {self.hint}put the four IDX files (.gz or plain) in {dirs[0]}, "
+                f"or set dataset.root=PATH (or $VAE_DATA_DIR) to a folder holding "
+                f"{self.folder}/raw/")
+        log.info("reading %s from %s", self.title, found)
+        parts = {}
+        for split, (img_name, lab_name) in IDX_FILES.items():
+            x = read_idx(_idx_file(found, img_name), expect_dims=3)
+            y = read_idx(_idx_file(found, lab_name), expect_dims=1).long()
+            if len(x) != len(y):
+                raise UserError(f"{found}: {split} split has {len(x)} images but {len(y)} labels")
+            parts[split] = (x.unsqueeze(1), y)
+        return ImageData(self.name, *parts["train"], *parts["test"], classes=list(self.classes))
+
+
+def _idx_file(d: Path, name: str) -> Path | None:
+    for cand in (d / name, d / f"{name}.gz"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+class MNIST(MnistLike):
+    title = folder = tv_class = "MNIST"
+    classes = tuple(str(i) for i in range(10))
+
+
+class FashionMNIST(MnistLike):
+    title, folder, tv_class = "Fashion-MNIST", "FashionMNIST", "FashionMNIST"
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")
+    extra_dirs = (DEBIAN_FASHION,)
+    hint = "on Debian: apt-get install dataset-fashion-mnist; "
+
+
+class KMNIST(MnistLike):
+    title = folder = tv_class = "KMNIST"
+    classes = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+
+class CIFAR10(TorchvisionSet):
+    """32x32 colour images in the python pickles of ``cifar-10-batches-py``, ten classes."""
+
+    title, tv_class = "CIFAR-10", "CIFAR10"
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck")
+
+    def read(self) -> ImageData:
+        self.check_root()
+        folder = self.root / "cifar-10-batches-py"
+        names = TRAIN_BATCHES + TEST_BATCHES
+        present = lambda: all((folder / n).is_file() for n in names)  # noqa: E731
+        why = "not downloaded: dataset.download=false"
+        if not present() and self.download:
+            why = self.try_download() or "the download left no usable files"
+            why = f"download failed: {why}"
+        if not present():
+            raise UserError(
+                f"CIFAR-10 not found: looked in {folder}; {why}. To fix: unpack "
+                f"cifar-10-python.tar.gz into {self.root}, or set dataset.root=PATH (or "
+                "$VAE_DATA_DIR)")
+        log.info("reading CIFAR-10 from %s", folder)
+        return ImageData(self.name, *read_cifar10(folder, True), *read_cifar10(folder, False),
+                         classes=list(self.classes))

@@ -1,0 +1,1 @@
+"""Training: the loop (``trainer``) and the modules around it, each with one job."""

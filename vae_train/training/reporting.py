@@ -1,0 +1,126 @@
+"""What a run reports: at the end of each epoch the history record, the TensorBoard scalars and
+pictures and one log line; at the end of the run ``metrics.json``, the pictures with the best
+weights and the run's row in TensorBoard's HPARAMS table; ``metrics.json`` of a run a
+non-finite value stopped."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from vae_train.argv import SWEEP_GROUPS, override_key
+from vae_train.files import write_json
+from vae_train.logging import TBLogger
+from vae_train.losses import SCHEDULE_TERMS
+from vae_train.pictures import save_figures, training_figures
+
+log = logging.getLogger("vae_train")
+
+class Reporter:
+    """Writes what the trainer measured. ``tb`` is the run's TensorBoard writer (disabled on
+    ranks other than 0); pictures are drawn from a fixed validation batch (fig_x, fig_y)."""
+
+    def __init__(self, tb: TBLogger, trainer_cfg, rank: int, fig_x, fig_y, seed: int = 0):
+        self.tb, self.t, self.rank = tb, trainer_cfg, rank
+        self.fig_x, self.fig_y, self.seed = fig_x, fig_y, seed
+
+    def figures(self, model) -> dict:
+        return training_figures(model, self.fig_x, self.fig_y, len(self.fig_x), seed=self.seed)
+
+    def epoch_end(self, model, epoch: int, step: int, lr: float, train: dict, val: dict) -> None:
+        """TensorBoard scalars of the epoch's terms and, every ``trainer.image_every_epochs``,
+        its pictures."""
+        self.tb.scalars("train", {k: v for k, v in train.items() if k != "seconds"}, step)
+        self.tb.scalars("val", val, step)
+        self.tb.scalars("opt", {"lr": lr, "epoch": epoch}, step)
+        every = int(self.t.image_every_epochs)
+        if every and epoch % every == 0 and self.rank == 0:
+            self.tb.images(self.figures(model), step)
+
+    @staticmethod
+    def history_record(epoch: int, step: int, lr: float, skipped: int, amp_skipped: int,
+                       train: dict, val: dict) -> dict:
+        return {"epoch": epoch, "step": step, "lr": lr, "skipped_steps": skipped,
+                "amp_skipped_steps": amp_skipped, **{f"train_{k}": v for k, v in train.items()},
+                **{f"val_{k}": v for k, v in val.items()}}
+
+    @staticmethod
+    def epoch_line(epoch: int, total: int, train: dict, val: dict, improved: bool) -> None:
+        shown = [(k, v) for k, v in val.items() if k != "loss" and k not in SCHEDULE_TERMS]
+        detail = ", ".join(f"{k} {v:.2f}" if abs(v) >= 1 else f"{k} {v:.3f}"
+                           for k, v in shown[:4])
+        log.info("epoch %d/%d  train %.2f  val %.2f (%s)  %.0f img/s  %.1fs%s",
+                 epoch, total, train["loss"], val["loss"], detail,
+                 train["images_per_sec"], train["seconds"], "  best" if improved else "")
+
+    def run_end(self, tr, cfg: DictConfig, run_dir: Path, model, test: dict, best_epoch: int,
+                n_params: int, device, world: int) -> dict:
+        """``metrics.json`` (rank 0), the pictures with the best weights, the test scalars
+        and the HPARAMS row; returns the metrics."""
+        metrics = {
+            **{f"test_{k}": v for k, v in test.items() if k not in SCHEDULE_TERMS},
+            "best_val_loss": tr.best_val if tr.best_epoch else math.nan,
+            "best_epoch": best_epoch, "epoch": tr.epoch, "steps": tr.step,
+            "images_per_sec": tr.train_images / tr.train_time if tr.train_time else math.nan,
+            "train_seconds": tr.train_time,
+            "skipped_steps": tr.skipped_steps,
+            "amp_skipped_steps": tr.amp_skipped_steps,
+            "num_params": n_params, "device": str(device),
+            "precision": str(cfg.device.precision), "processes": world,
+            "history": tr.history,
+        }
+        if self.rank != 0:
+            return metrics
+        write_json(run_dir / "metrics.json", metrics)
+        figs = self.figures(model)
+        save_figures(figs, run_dir)
+        self.tb.images({f"best_{k}": v for k, v in figs.items()}, tr.step)
+        self.tb.scalars("test", test, tr.step)
+        # The HPARAMS table's metric columns: the test terms and the best validation loss
+        # (TensorBoard shows the first five by name: best_val_loss, test_elbo, test_kl, ...).
+        self.tb.hparams(hparams_of(cfg), {k: v for k, v in metrics.items()
+                                          if k.startswith("test_") or k == "best_val_loss"},
+                        tr.step)
+        parts = ", ".join(f"{k} {test[k]:.2f}" for k in ("recon", "kl") if k in test)
+        log.info("test loss %.2f nats/example (%s) with the best weights (epoch %d); %.0f img/s",
+                 metrics["test_loss"], parts, best_epoch, metrics["images_per_sec"])
+        log.info("wrote %s", run_dir / "metrics.json")
+        return metrics
+
+    @staticmethod
+    def failed(tr, run_dir: Path, error) -> None:
+        """``metrics.json`` of a run a non-finite value stopped: where and what."""
+        write_json(run_dir / "metrics.json", {
+            "status": "failed", "error": str(error), "failed_step": error.step,
+            "failed_term": error.term, "epoch": tr.epoch, "steps": tr.step,
+            "skipped_steps": tr.skipped_steps, "history": tr.history})
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """The run's chosen options for TensorBoard's HPARAMS tab: group choices, the usual
+    knobs, and every key overridden on the command line."""
+    out: dict = {}
+    try:
+        hc = HydraConfig.get()
+        out.update({g: c for g, c in hc.runtime.choices.items()
+                    if not g.startswith("hydra") and g not in SWEEP_GROUPS and isinstance(c, str)})
+        keys = [override_key(o) for o in hc.overrides.task]
+    except ValueError:
+        keys = []
+    keys = ["model.latent_dim", "loss.beta", "optimizer.lr", "trainer.batch_size",
+            "trainer.epochs", "seed", "dataset.binarize", "device.precision", *keys]
+    for key in keys:
+        if key in ("resume", "dataset.root") or key in out:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if key == "device.precision":  # 32 and bf16 in one column: keep one type
+            value = str(value)
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif value is not None:
+            out[key] = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    return out
