@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Results" table on dynamically binarized Fashion-MNIST: a one-layer VAE
+# Reproduces the "Results" table of docs/results.md on dynamically binarized Fashion-MNIST: a one-layer VAE
 # (the classic 784-400-20 network and the IWAE paper's 200-200-50 tanh network) trained with the
 # ELBO and with the k=5 IWAE bound, against the two-layer hierarchical VAE trained both ways, at
 # equal epochs; then the importance-sampled test NLL of each.

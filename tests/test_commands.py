@@ -168,3 +168,19 @@ def test_the_commands_are_hydra_apps_with_help_and_completion(call, monkeypatch)
     sweep_run = "outputs/multirun/2026-11-30/10-00-00/3_loss.beta=1,model.latent_dim=16"
     out = call("vae_train.report", ["--cfg", "job", sweep_run]).stdout
     assert f"sweep: {sweep_run}" in out
+
+
+def test_a_command_over_several_runs_with_m(tiny_run, tmp_path, call, monkeypatch):
+    """-m run=a,b evaluates each run; nothing is written where the command was started."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    call("vae_train.evaluate", ["-m", f"run={tiny_run},{other}", "k=5", "n=20",
+                                "progress=false"])
+    for run in (tiny_run, other):
+        assert json.loads((run / "eval.json").read_text())["n"] == 20
+    assert not list(work.iterdir())

@@ -168,6 +168,8 @@ def quote_paths(argv: list[str], keys: tuple[str, ...], positional: str | None =
     """``key=PATH`` arguments of ``keys`` quoted for Hydra (a path may hold ``=`` and ``,``);
     with ``positional``, the first argument that is no option (no ``key=``; a path whose
     folders hold ``=`` is one) becomes ``<positional>=PATH``."""
+    if multirun(argv):   # -m run=a,b: Hydra's sweep syntax; quote a path yourself there
+        return list(argv)
     out, found = [], False
     for i, a in enumerate(argv):
         after_flag = i > 0 and argv[i - 1] in HYDRA_FLAGS_WITH_VALUE
