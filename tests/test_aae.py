@@ -142,5 +142,6 @@ def test_three_optimizers_resume_to_the_same_weights(tmp_path):
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
     for name in a.optim.optimizers:
-        sa, sb = a.optim.optimizers[name].state_dict()["state"], b.optim.optimizers[name].state_dict()["state"]
+        sa = a.optim.optimizers[name].state_dict()["state"]
+        sb = b.optim.optimizers[name].state_dict()["state"]
         assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa), name

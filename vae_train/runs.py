@@ -26,8 +26,8 @@ log = logging.getLogger("vae_train")
 def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
               positional: str | None = None):
     """Make ``fn(cfg)`` a command: ``main(argv=None)`` runs it as a Hydra app on
-    ``configs/commands/<config_name>.yaml`` (so ``--help``, ``--cfg job``, ``hydra.verbose`` and shell
-    completion work as for training). Before Hydra: ``path_keys`` values are quoted, an unknown
+    ``configs/commands/<config_name>.yaml`` (so ``--help``, ``--cfg job``, ``hydra.verbose``
+    and shell completion work as for training). Before Hydra: ``path_keys`` values are quoted, an unknown
     option is one line naming the options; inside: a required option left out and a
     :class:`UserError` are one line on stderr and exit status 2, Ctrl-C is status 130."""
 

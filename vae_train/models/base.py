@@ -20,8 +20,8 @@ Shapes and units used throughout:
 The capabilities:
 
 =======================  ===========================================================================
-:class:`Model`           every model: ``input_shape``, ``num_classes``, ``likelihood``, ``conditional``,
-                         ``device``; ``reconstruct`` and ``sample`` (mean images)
+:class:`Model`           every model: ``input_shape``, ``num_classes``, ``likelihood``,
+                         ``conditional``, ``device``; ``reconstruct``, ``sample`` (mean images)
 :class:`LatentVariable`  a likelihood bound: ``infer`` (log p(x|z), log p(z), log q(z|x), KL per
                          dimension) and ``latent_means``; the ELBO, beta-VAE and IWAE objectives
                          and evaluate's importance-sampled NLL are written once against it
@@ -31,9 +31,9 @@ The capabilities:
 :class:`ParameterGroups` named parameter groups, one optimizer each, stepped in ``phases`` order
 :class:`Staged`          training stages run one after the other (VQ-VAE: autoencoder, then prior)
 :class:`ExtraMetrics`    numbers of its own for ``evaluate`` (sums over batches, then a summary)
-:class:`Scheduled`       settings that follow the optimizer step (a temperature), logged beside the loss
+:class:`Scheduled`       settings that follow the optimizer step (a temperature), logged
 :class:`SemiSupervised`  learns from part of the labels (``dataset.labeled``)
-:class:`Classifier`      predicts the class (q(y|x)); pictures draw each image as its predicted class
+:class:`Classifier`      predicts the class (q(y|x)); pictures draw an image as its class
 :class:`CategoricalCode` N categorical latent variables of K classes (pictures: per-variable sweeps)
 :class:`CodeGrid`        a grid of discrete codes (pictures: code maps); may have a prior to sample
 :class:`SampledPrior`    a prior that is not N(0, I), known by samples (pictures: scatter of codes)
