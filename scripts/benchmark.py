@@ -59,7 +59,7 @@ load average was above the number of cores.
 Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3]
             [--device cpu|cuda|auto] [--precision 32 bf16 16] [--compile] [--train-size N]
             [--threads N] [--no-classic] [--no-cli] [--peak-size N] [--data-root DIR]
-            [--override KEY=VALUE ...] [--out outputs/benchmark.json]
+            [--dataset NAME] [--override KEY=VALUE ...] [--out outputs/benchmark.json]
 """
 
 from __future__ import annotations
@@ -188,11 +188,13 @@ def families() -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
-def overrides(model: str, root: Path, epochs: int, device: str, precision: str,
-              train_size: int | None, extra=()) -> list[str]:
-    """The command-line overrides of one family's run (shared by both rows)."""
-    out = [*extra, f"model={model}", "dataset=fashion_mnist", f"dataset.root={root}",
-           "dataset.download=false", f"trainer.epochs={epochs}", f"device={device}",
+def overrides(model: str, root: Path | None, epochs: int, device: str, precision: str,
+              train_size: int | None, extra=(), dataset: str = "fashion_mnist") -> list[str]:
+    """The command-line overrides of one family's run (shared by both rows): Fashion-MNIST
+    from ``root``, or another data set as its config has it."""
+    data = (["dataset=fashion_mnist", f"dataset.root={root}", "dataset.download=false"]
+            if dataset == "fashion_mnist" else [f"dataset={dataset}"])
+    out = [*extra, f"model={model}", *data, f"trainer.epochs={epochs}", f"device={device}",
            f"device.precision={precision}"]
     if train_size:
         out.append(f"dataset.train_size={train_size}")
@@ -427,7 +429,8 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
     # stage then runs --epochs epochs, and the FLOPs choose the training images on a CPU.
     extra = list(args.override)
     try:
-        cfg = compose(overrides(model, root, args.epochs, args.device, precision, None, extra))
+        cfg = compose(overrides(model, root, args.epochs, args.device, precision, None, extra,
+                                args.dataset))
         stages, flops = train_flops_per_image(cfg, args.epochs)
         lengths = stage_lengths(cfg, stages, args.epochs)
         extra += lengths
@@ -436,9 +439,10 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
     except Exception as e:  # noqa: BLE001
         stages, flops = None, {}
         errors["flops"] = f"{type(e).__name__}: {e}"
-    size = args.train_size if args.train_size is not None else default_train_size(flops, device)
+    size = args.train_size if args.train_size is not None else (
+        default_train_size(flops, device) if args.dataset == "fashion_mnist" else None)
     base["dataset_train_size"] = size
-    ov = overrides(model, root, args.epochs, args.device, precision, size, extra)
+    ov = overrides(model, root, args.epochs, args.device, precision, size, extra, args.dataset)
     cfg = compose(ov)
     cli = list(ov)
     if args.compile:
@@ -475,7 +479,7 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
                 row["bare_test_loss"] = bare["test_loss"]
         if "bare" in row and "vae_train" in row:
             row["ratio"] = row["vae_train"]["images_per_sec"] / row["bare"]["images_per_sec"]
-        if "vae_train" in row:
+        if "vae_train" in row and args.dataset == "fashion_mnist":
             row["seconds_per_full_epoch"] = FULL_EPOCH / row["vae_train"]["images_per_sec"]
         if stage in flops:
             row["train_flops_per_image"] = flops[stage]
@@ -566,6 +570,10 @@ def parse_args(argv=None):
     ap.add_argument("--train-size", type=int, default=None,
                     help="dataset.train_size for every family (default: on a CPU, as many "
                          "images as EPOCH_FLOPS hold, all of them on a GPU)")
+    ap.add_argument("--dataset", default="fashion_mnist",
+                    help="the data set every family trains on (default fashion_mnist; another "
+                         "one, yours included, as its config has it: no classic row, no "
+                         "s/epoch, every image unless --train-size)")
     ap.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                     help="more overrides for every run, e.g. hydra.searchpath=[file://conf] "
                          "to find a model of your own")
@@ -600,14 +608,15 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
         env["OMP_NUM_THREADS"] = str(args.threads)
-    raw = find_raw(args.data_root)
+    fashion = args.dataset == "fashion_mnist"
+    raw = find_raw(args.data_root) if fashion else None
     started = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     jobs = [(m, p) for m in args.models
             for p in (args.precision or (["32", "bf16"] if m == "vae" else ["32"]))]
     precisions = sorted({p for _, p in jobs}, key=list(PEAK_DTYPE).index)
     report = {"device": str(device), "device_name": device_name(device),
-              "overrides": list(args.override),
+              "overrides": list(args.override), "dataset": args.dataset,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "epochs": args.epochs, "compile": bool(args.compile),
@@ -617,8 +626,8 @@ def main(argv=None) -> dict:
     report["matmul_peak_flops"] = peak = peaks(device, precisions, args.peak_size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = torchvision_root(raw, tmp / "tv")
-        if "vae" in args.models and not args.no_classic:
+        root = torchvision_root(raw, tmp / "tv") if fashion else None
+        if "vae" in args.models and fashion and not args.no_classic:
             log("[vae classic] torchvision + ToTensor + DataLoader ...")
             c = run_classic(root, args.epochs, device)
             report["classic"] = {**summarise(c["stages"]["train"]), "test_loss": c["test_loss"]}
@@ -632,7 +641,7 @@ def main(argv=None) -> dict:
                     r[name] = r[key]["images_per_sec"] / report["classic"]["images_per_sec"]
     report["wall_seconds"] = time.time() - started
     report["load_average_end"] = load_average()
-    print(f"\nFashion-MNIST, batch 128, {args.epochs} epoch(s) per stage, {device} "
+    print(f"\n{args.dataset}, batch 128, {args.epochs} epoch(s) per stage, {device} "
           f"({report['device_name']}), {report['threads']} threads, torch {torch.__version__}"
           + (", torch.compile" if args.compile else ""))
     loads = [x for x in (report["load_average_start"], report["load_average_end"]) if x is not None]

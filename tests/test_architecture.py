@@ -149,3 +149,32 @@ class NoInference(Model, LatentVariable, HasCode):
 
     def decode_code(self, c, y=None):
         return c
+
+
+def test_phases_that_name_no_parameter_group_are_refused_in_one_line():
+    from vae_train.errors import UserError
+    from vae_train.models.base import OwnsObjective, ParameterGroups, training_plan
+
+    class Groups(Model, OwnsObjective, ParameterGroups):   # phases left at ("main",)
+        def __init__(self):
+            super().__init__((1, 4, 4))
+            self.a, self.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+        def parameter_groups(self):
+            return {"a": list(self.a.parameters()), "b": list(self.b.parameters())}
+
+        def loss_terms(self, x, y=None, step=None, train=True, phase=None):
+            return {"loss": x.sum()}
+
+        def reconstruct(self, x, y=None):
+            return x
+
+        def sample(self, n, y=None, generator=None):
+            return torch.zeros(n, 1, 4, 4)
+
+    with pytest.raises(UserError, match=r"phase 'main' of stage 'train' is none of its "
+                                        r"parameter groups \(a, b\)"):
+        training_plan(Groups(), torch.nn.Module(), 3)
+    Groups.phases = ("a", "b")
+    stages, groups = training_plan(Groups(), torch.nn.Module(), 3)
+    assert stages[0].phases == ("a", "b") and set(groups) == {"a", "b"}

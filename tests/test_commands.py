@@ -119,6 +119,11 @@ def test_sample_is_seeded(tiny_run, tmp_path, call):
     ("vae_train.evaluate", ["run=RUN", "dataset.root=/x"], "generated, not read"),
     ("vae_train.sample", ["run=RUN", "n=0"], "n=0"),
     ("vae_train.sample", ["run=RUN", "checkpoint=/no/such.pt"], "no checkpoint"),
+    ("vae_train.sample", ["run=RUN", "dataset=mnist"], "unknown option 'dataset'"),
+    ("vae_train.evaluate", ["run=RUN", "device=tpu"], "device='tpu' is invalid"),
+    ("vae_train.evaluate", ["run=RUN", "progress=maybe"], "progress='maybe' is invalid"),
+    ("vae_train.report", ["sweep="], "sweep=... is required"),
+    ("vae_train.report", ["RUN", "extra"], "argument 'extra' is not key=value"),
 ])
 def test_bad_arguments_are_one_line(tiny_run, module, args, needle, tmp_path, call):
     args = [a.replace("RUN", str(tiny_run)) for a in args]

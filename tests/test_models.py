@@ -128,3 +128,52 @@ def test_traversals_and_interpolations_show_what_they_promise(tmp_path):
         line = torch.stack([ca[0] + t * (cb[0] - ca[0]) for t in torch.linspace(0, 1, 4)])
         rows.append(torch.cat([a, model.decode_code(line), b]))
     assert torch.allclose(grid, make_grid(torch.cat(rows), nrow=6, pad_value=0.5), atol=1e-5)
+
+
+def test_conditional_and_plain_models_on_sequences_get_line_plots_with_their_labels():
+    """Any model with a continuous code on sequence data (1 x T x 1) is drawn as line plots;
+    a conditional one gets its labels there too (it cannot encode or decode without them)."""
+    from vae_train.distributions import GaussianLikelihood
+    from vae_train.models.cvae import CVAE
+    from vae_train.pictures import SampleOptions, sample_figures
+
+    torch.manual_seed(0)
+    model = CVAE((1, 32, 1), num_classes=3, latent_dim=2, hidden_dims=[8],
+                 likelihood=GaussianLikelihood()).eval()
+    x, y = torch.rand(12, 1, 32, 1), torch.arange(12) % 3
+    figs = figures(model, x, y, 9)
+    assert set(figs) == {"reconstructions", "samples"}
+    assert all(img.shape[1] > 100 and img.shape[2] > 100 for img in figs.values())  # plots
+    figs, notes = sample_figures(model, x, y, SampleOptions(n=6, dims=2, steps=3, pairs=2,
+                                                            interp_steps=3))
+    assert set(figs) == {"samples", "reconstructions", "traversals", "interpolations"}
+    assert "traversed code dimensions" in notes[0]
+
+
+def test_a_model_with_only_the_base_capabilities_gets_reconstructions_and_samples():
+    """A model of someone's own that classifies but has no code (no HasCode): the pictures
+    every model can give, nothing that would need a code."""
+    from vae_train.models.base import Classifier, Model, OwnsObjective
+    from vae_train.pictures import SampleOptions, sample_figures
+
+    class Plain(Model, OwnsObjective, Classifier):
+        def __init__(self):
+            super().__init__((1, 8, 8), 2)
+            self.net = torch.nn.Linear(64, 64)
+
+        def loss_terms(self, x, y=None, step=None, train=True, phase=None):
+            return {"loss": self.net(x.flatten(1)).pow(2).mean()}
+
+        def predict(self, x):
+            return torch.zeros(len(x), dtype=torch.long)
+
+        def reconstruct(self, x, y=None):
+            return torch.sigmoid(self.net(x.flatten(1))).view_as(x)
+
+        def sample(self, n, y=None, generator=None):
+            return torch.rand(n, 1, 8, 8, generator=generator)
+
+    x, y = torch.rand(6, 1, 8, 8), torch.zeros(6, dtype=torch.long)
+    assert set(figures(Plain(), x, y, 4)) == {"reconstructions", "samples"}
+    figs, _ = sample_figures(Plain(), x, y, SampleOptions(n=4))
+    assert set(figs) == {"reconstructions", "samples"}

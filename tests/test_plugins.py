@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_mnist_like
-
 MODEL = '''
 """A VAE of my own: one hidden layer each way, its width an option."""
 import math
@@ -153,22 +151,23 @@ def test_a_users_model_and_data_set_train_resume_evaluate_and_sample(user):
 
 
 @pytest.mark.slow
-def test_a_users_model_is_benchmarked(user, tmp_path):
-    data = tmp_path / "fm"
-    write_mnist_like(data / "FashionMNIST" / "raw", n_train=300, n_test=100)
+def test_a_users_model_is_benchmarked_on_a_users_data_set(user, tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(user)}
     proc = subprocess.run(
-        [sys.executable, str(script), "--models", "tiny", "--epochs", "1", "--no-classic",
-         "--peak-size", "64", "--threads", "1", "--data-root", str(data), "--out", str(out),
+        [sys.executable, str(script), "--models", "tiny", "--dataset", "bars", "--epochs", "1",
+         "--peak-size", "64", "--threads", "1", "--out", str(out),
          "--override", f"hydra.searchpath=[file://{user / 'conf'}]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    (row,) = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert report["dataset"] == "bars" and "classic" not in report
     assert row["model"] == "tiny" and "errors" not in row, row.get("errors")
     assert row["vae_train"]["images_per_sec"] > 0 and row["bare"]["images_per_sec"] > 0
-    # on Fashion-MNIST's 784 pixels: 784-32-(4+4) / 4-32-784, forward and backward (no input
+    assert row["bare"]["train_images"] == 540                  # 600 bars, a tenth validates
+    # on the bars' 144 pixels: 144-32-(4+4) / 4-32-144, forward and backward (no input
     # gradient for the first layer)
-    fwd = 2 * (784 * 32 + 32 * 8 + 4 * 32 + 32 * 784)
-    assert row["train_flops_per_image"] == 3 * fwd - 2 * 784 * 32
+    fwd = 2 * (144 * 32 + 32 * 8 + 4 * 32 + 32 * 144)
+    assert row["train_flops_per_image"] == 3 * fwd - 2 * 144 * 32

@@ -103,7 +103,7 @@ def absolute_searchpath(argv: list[str]) -> list[str]:
             items = [unquote(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
             items = [f"file://{Path(i[7:]).expanduser().resolve()}"
                      if i.startswith("file://") else i for i in items]
-            a = f"{key}=[{','.join(items)}]"
+            a = f"{key}=[{','.join(quote(i) for i in items)}]"
         out.append(a)
     return out
 
@@ -184,13 +184,16 @@ def quote_paths(argv: list[str], keys: tuple[str, ...], positional: str | None =
 
 
 def check_options(argv: list[str], options: list[str], usage: str) -> None:
-    """An option a command does not have is one line naming the options it has (Hydra's own
-    message lists none); ``hydra.*``, ``+key`` and ``~key`` are left to Hydra."""
+    """An option a command does not have (``options``: its full keys) or an argument that is
+    no ``key=value`` is one line naming the options (Hydra's own messages list none and span
+    several lines); flags, ``hydra.*``, ``+key`` and ``~key`` are left to Hydra."""
     for i, a in enumerate(argv):
-        if "=" not in a or a.startswith(("-", "+", "~", "hydra.", "hydra/")) or \
+        if a.startswith(("-", "+", "~", "hydra.", "hydra/")) or \
                 (i and argv[i - 1] in HYDRA_FLAGS_WITH_VALUE):
             continue
+        if "=" not in a:
+            raise UserError(f"argument {a!r} is not key=value. {usage}")
         key = a.split("=", 1)[0]
-        if key.split(".")[0] not in options and key not in options:
+        if key not in options:
             raise UserError(f"unknown option {key!r}; options: {', '.join(options)}. "
                             f"{usage}")

@@ -143,8 +143,8 @@ def locate(target: str, key: str = "_target_"):
         try:
             obj = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):   # this prefix is not a module: shorter
-                continue
+            if e.name and (module == e.name or module.startswith(e.name + ".")):
+                continue   # this prefix is not a module: try a shorter one
             raise UserError(f"{key}={target}: importing {module} failed: {e}") from None
         except Exception as e:  # noqa: BLE001 - the user's module failed on import
             raise UserError(f"{key}={target}: importing {module} failed: "

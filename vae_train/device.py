@@ -34,6 +34,8 @@ def resolve_device(device_cfg) -> tuple[torch.device, torch.dtype | None]:
     elif kind == "mps" and not mps:
         raise UserError("device=mps was asked for but Apple's MPS backend is not available "
                         "here; use device=auto or device=cpu")
+    elif kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device={kind!r} is not known; use auto, cpu, cuda or mps")
     dtype = PRECISIONS[str(device_cfg.precision)]
     if dtype == torch.float16 and kind == "cpu":
         log.warning("device.precision=16 on the CPU runs, but slowly (no fast fp16 kernels); "

@@ -3,8 +3,9 @@
 The metric math is pure functions over arrays: ``codes`` (N, D) float, one row per image, and
 ``factors`` (N, K) int, the factor indices that generated it. Evaluation (:func:`measure`) draws
 factor values, renders their images with the data set's ``vae_train.data.FactorGrid``, and
-encodes them with the model's ``code`` (the posterior mean of the code layer, as the papers use); the
-encoding function is ``vae_train.evaluate.model_code_fn``. Nothing here knows models or data.
+encodes them with the model's ``code`` (the posterior mean of the code layer, as the papers
+use); the encoding function is ``vae_train.evaluate.model_code_fn``. Nothing here knows
+models or data.
 
 * **MIG**, the mutual information gap (Chen et al. 2018): each latent is cut into ``bins``
   equal-width bins over its range on N examples; I(z_j; v_k) is the plug-in mutual information

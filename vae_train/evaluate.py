@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vae_train.checks import check_values, integer, number, one_of
+from vae_train.checks import BOOLEAN, check_values, integer, number, one_of
 from vae_train.data import FactorGrid, Split, to_float
+from vae_train.device import DEVICE_CHECKS
 from vae_train.disentangle import expected_images, measure
 from vae_train.errors import UserError
 from vae_train.files import write_json
@@ -50,7 +51,8 @@ CHECKS = {"k": integer(1, "an integer >= 1"), "split": one_of("test", "val", "tr
           "max_batch": integer(1, "an integer >= 1"),
           "n": integer(2, "an integer >= 2 (active units need a variance over examples)"),
           "threshold": number(0), "metric_samples": integer(0), "mig_bins": integer(2),
-          "factorvae_votes": integer(2), "factorvae_l": integer(2), "seed": integer(0)}
+          "factorvae_votes": integer(2), "factorvae_l": integer(2), "seed": integer(0),
+          "device": DEVICE_CHECKS["type"], "progress": BOOLEAN}
 
 
 def sample_chunks(k: int, chunk: int) -> list[int]:
@@ -88,10 +90,10 @@ def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
 @torch.no_grad()
 def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: int | None = None,
              progress: bool = True) -> dict:
-    """Over an iterable of (x, y) batches (``total`` examples, for the progress bar): for
-    models with ``infer`` (a likelihood bound) the NLL, ELBO, active units and KL per
-    dimension; for models with ``evaluate_batch`` (sums of per-example numbers) and
-    ``evaluate_summary`` their own metrics, too.
+    """Over an iterable of (x, y) batches (``total`` examples, for the progress bar): for a
+    ``LatentVariable`` model (a likelihood bound) the NLL, ELBO, active units and KL per
+    dimension; for an ``ExtraMetrics`` model its own metrics too (sums of per-example numbers
+    from ``evaluate_batch``, then ``evaluate_summary``).
 
     The NLL takes a few examples at a time with many samples each (``max_batch // k``
     examples, at least one), so the encoder runs once per example and chunk, not once per

@@ -27,8 +27,9 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
               positional: str | None = None):
     """Make ``fn(cfg)`` a command: ``main(argv=None)`` runs it as a Hydra app on
     ``configs/commands/<config_name>.yaml`` (so ``--help``, ``--cfg job``, ``hydra.verbose``
-    and shell completion work as for training). Before Hydra: ``path_keys`` values are quoted, an unknown
-    option is one line naming the options; inside: a required option left out and a
+    and shell completion work as for training). Before Hydra: ``path_keys`` values are quoted;
+    an unknown option or an argument that is no ``key=value`` is one line naming the options.
+    Inside: ``key=`` with nothing is null; a required option left out and a
     :class:`UserError` are one line on stderr and exit status 2, Ctrl-C is status 130."""
 
     def decorate(fn):
@@ -38,13 +39,19 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
 
         # The commands' own config folder: no option of theirs is taken for a training group.
         folder = str(Path(CONFIG_DIR) / "commands")
-        options = [k for k in OmegaConf.load(Path(folder) / f"{config_name}.yaml")
-                   if k not in ("defaults", "hydra")]
+        own = OmegaConf.load(Path(folder) / f"{config_name}.yaml")
+        own = OmegaConf.masked_copy(own, [k for k in own if k not in ("defaults", "hydra")])
+        options = _leaf_keys(own)                          # run, k, ..., dataset.root
+        required = [k for k in own if OmegaConf.is_missing(own, k)]
 
         @hydra.main(version_base="1.3", config_path=folder, config_name=config_name)
         def hydra_main(cfg: DictConfig):
             try:
-                missing = [k for k in options if OmegaConf.is_missing(cfg, k)]
+                for key in own:                      # key= (nothing) means: not given
+                    if not OmegaConf.is_missing(cfg, key) and cfg[key] == "":
+                        cfg[key] = None
+                missing = [k for k in required
+                           if OmegaConf.is_missing(cfg, k) or cfg[k] is None]
                 if missing:
                     raise UserError(f"{missing[0]}=... is required. {usage}")
                 return fn(cfg)
@@ -71,10 +78,20 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
             finally:
                 sys.argv = saved
 
-        main.hydra_main = hydra_main
         return main
 
     return decorate
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        if isinstance(value, DictConfig):
+            out += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vae_train.checks import check_values, integer, number
+from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
 from vae_train.logging import TBLogger
 from vae_train.pictures import SampleOptions, sample_figures, save_figures
@@ -34,7 +35,7 @@ USAGE = ("usage: python -m vae_train.sample run=<run dir> [n=64] [seed=0] [check
 # The rules of the options (configs/commands/sample.yaml).
 CHECKS = {"n": integer(1), "dims": integer(1), "steps": integer(1), "pairs": integer(1),
           "interp_steps": integer(1), "image": integer(0), "seed": integer(0),
-          "span": number(0, low_open=True)}
+          "span": number(0, low_open=True), "device": DEVICE_CHECKS["type"]}
 
 
 @hydra_app("sample", USAGE, path_keys=("run", "checkpoint", "out", "dataset.root"))

@@ -52,7 +52,8 @@ class Sines(DataSet):
     seed + 1); label = number of sinusoids - 1."""
 
     checks = {"num_train": integer(2, what="an integer > 1"), "num_test": integer(1),
-              "length": integer(2), "noise": number(0, 0.5), "max_components": integer(1),
+              "length": integer(2), "noise": number(0, 0.5),
+              "max_components": integer(1, "an integer >= 1"),
               "generator_seed": integer(0)}
 
     def __init__(self, num_train: int = 10000, num_test: int = 2000, length: int = 64,

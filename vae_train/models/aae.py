@@ -20,11 +20,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vae_train.checks import int_list, integer, one_of
 from vae_train.errors import UserError
-from vae_train.models.base import (ExtraMetrics, HasCode, Model, OwnsObjective, ParameterGroups,
+from vae_train.models.base import (ExtraMetrics, Model, OwnsObjective, ParameterGroups,
                                    SampledPrior)
 from vae_train.nets import mlp
 from vae_train.nets.mlp import ACTIVATION
@@ -54,7 +53,7 @@ class MixturePrior:
         return z
 
 
-class AAE(Model, OwnsObjective, ParameterGroups, ExtraMetrics, HasCode, SampledPrior):
+class AAE(Model, OwnsObjective, ParameterGroups, ExtraMetrics, SampledPrior):
     phases = ("autoencoder", "discriminator", "generator")
     objective_doc = "reconstruction + adversarial regularisation of the codes"
     checks = {"latent_dim": integer(1), "hidden_dims": int_list(),

@@ -36,7 +36,7 @@ The capabilities:
 :class:`Classifier`      predicts the class (q(y|x)); pictures draw an image as its class
 :class:`CategoricalCode` N categorical latent variables of K classes (pictures: per-variable sweeps)
 :class:`CodeGrid`        a grid of discrete codes (pictures: code maps); may have a prior to sample
-:class:`SampledPrior`    a prior that is not N(0, I), known by samples (pictures: scatter of codes)
+:class:`SampledPrior`    a code whose prior is known by samples (pictures: scatter of codes)
 =======================  ===========================================================================
 """
 
@@ -51,6 +51,7 @@ from torch import nn
 
 from vae_train.checks import Checked
 from vae_train.distributions import BernoulliLikelihood
+from vae_train.errors import UserError
 
 
 class Inference(TypedDict):
@@ -263,8 +264,8 @@ class CodeGrid(ABC):
         """Whether a prior over grids is trained, so that ``sample`` can draw."""
 
 
-class SampledPrior(ABC):
-    """A prior over codes that is known by its samples (not N(0, I))."""
+class SampledPrior(HasCode):
+    """A code whose prior is known by its samples (not N(0, I))."""
 
     @abstractmethod
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -295,6 +296,20 @@ def parameter_groups_of(model: nn.Module, objective: nn.Module) -> dict[str, lis
     if isinstance(model, ParameterGroups):
         return {name: list(params) for name, params in model.parameter_groups().items()}
     return {"main": [*model.parameters(), *objective.parameters()]}
+
+
+def training_plan(model: nn.Module, objective: nn.Module, epochs: int
+                  ) -> tuple[list[Stage], dict[str, list]]:
+    """(stages, parameter groups) the trainer follows; a phase that names no parameter group
+    is one line saying which."""
+    stages, groups = stages_of(model, epochs), parameter_groups_of(model, objective)
+    for stage in stages:
+        for phase in stage.phases:
+            if phase not in groups:
+                raise UserError(f"model {type(model).__name__}: phase {phase!r} of stage "
+                                f"{stage.name!r} is none of its parameter groups "
+                                f"({', '.join(groups)}); set its phases to group names")
+    return stages, groups
 
 
 def set_stage(model: nn.Module, name: str) -> None:

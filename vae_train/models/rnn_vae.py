@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class RNNVAE(GaussianVAE):
-    checks = {"hidden_dim": integer(1), "num_layers": integer(1), "cell": one_of(*CELLS),
+    checks = {"hidden_dim": integer(1), "num_layers": integer(1), "cell": one_of(*CELLS, what="one of gru, lstm"),
               "bidirectional": BOOLEAN}
 
     def __init__(self, input_shape, latent_dim: int = 16, hidden_dim: int = 256,

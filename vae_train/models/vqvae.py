@@ -90,11 +90,12 @@ class PixelCNNPrior(nn.Module):
 
 class VQVAE(Model, OwnsObjective, ParameterGroups, Staged, ExtraMetrics, CodeGrid):
     objective_doc = "reconstruction + codebook + commitment, then a PixelCNN prior over codes"
-    checks = {"num_codes": integer(2), "code_dim": integer(1),
+    checks = {"num_codes": integer(2), "code_dim": integer(1, "an integer >= 1"),
               "channels": int_list(nonempty=True), "commitment": number(0), "ema": BOOLEAN,
               "decay": number(0, 1, low_open=True, high_open=True),
               "restart_threshold": number(0), "prior_epochs": integer(0),
-              "prior_channels": integer(1), "prior_layers": integer(0), "activation": ACTIVATION}
+              "prior_channels": integer(1, "an integer >= 1"), "prior_layers": integer(0),
+              "activation": ACTIVATION}
 
     def __init__(self, input_shape, num_codes: int = 128, code_dim: int = 32,
                  channels=(32, 64), commitment: float = 0.25, ema: bool = False,

@@ -10,7 +10,8 @@ By capability, the first that applies:
   probable code, samples, and sweeps of each variable through its classes;
 * a prior known by samples (``SampledPrior``, AAE): grids over the prior's range and the
   scatter plot of codes over prior samples; traversals in units of the codes' spread;
-* a classifier (``Classifier``, M2): every image drawn as the class it is predicted to be;
+* a classifier with a code (``Classifier``, ``HasCode``, ``LatentVariable``: M2): every image
+  drawn as the class it is predicted to be;
 * sequence data (examples of shape (1, T, 1)): line plots instead of images;
 * otherwise: reconstructions and samples; with a continuous code (``HasCode``) traversals of
   the most-used code dimensions (largest mean KL), interpolations, the class grid for
@@ -73,8 +74,10 @@ class GivenClass:
     def reconstruct(self, x, y):
         return self._m.reconstruct(x, y)
 
-    def sample(self, n, y=None, generator=None):
-        return self._m.sample(n, y, generator)
+
+def is_classifier_with_code(model) -> bool:
+    """A classifier with a continuous code and a bound (M2): drawn at its predicted classes."""
+    return all(isinstance(model, c) for c in (Classifier, HasCode, LatentVariable))
 
 
 def is_sequence(model) -> bool:
@@ -130,13 +133,13 @@ def _training_figures(model, x, y, n, seed) -> dict:
             out["manifold"] = manifold(model, span=model.prior_span)
         out["latent_scatter"] = _scatter(model, x, y)
         return out
-    if isinstance(model, Classifier):
+    if is_classifier_with_code(model):
         view = GivenClass(model)
         return {"reconstructions": reconstruction_grid(view, x, model.predict(x)),
                 "samples": prior_samples(model, n, seed),
                 "class_samples": class_grid(view, seed=seed)}
     if is_sequence(model):
-        return {"reconstructions": reconstruction_plots(model, x),
+        return {"reconstructions": reconstruction_plots(model, x, y),
                 "samples": sample_plots(model, n, seed)}
     out = {"reconstructions": reconstruction_grid(model, x, y),
            "samples": prior_samples(model, n, seed)}
@@ -182,7 +185,7 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
         if model.code_dim == 2:
             figs["manifold"] = manifold(model, span=model.prior_span)
         return figs, []
-    if isinstance(model, Classifier):
+    if is_classifier_with_code(model):
         figs = _training_figures(model, x[:n], y[:n], n, seed)
         pred = model.predict(x)
         view = GivenClass(model)
@@ -200,10 +203,11 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
     note = _described("traversed code dimensions (mean KL, nats)", order, kl)
     if is_sequence(model):
         return {"samples": sample_plots(model, n, seed),
-                "reconstructions": reconstruction_plots(model, x[:n]),
-                "traversals": traversal_plots(model, x[i:i + 1], order, opts.steps, opts.span),
-                "interpolations": interpolation_plots(model, x, opts.pairs, opts.interp_steps)
-                }, [note]
+                "reconstructions": reconstruction_plots(model, x[:n], y[:n]),
+                "traversals": traversal_plots(model, x[i:i + 1], y[i:i + 1], order, opts.steps,
+                                              opts.span),
+                "interpolations": interpolation_plots(model, x, y, opts.pairs,
+                                                      opts.interp_steps)}, [note]
     figs = {"samples": prior_samples(model, n, seed),
             "reconstructions": reconstruction_grid(model, x[:n], y[:n]),
             "traversals": traversals(model, x[i:i + 1], y[i:i + 1], order, opts.steps,

@@ -95,7 +95,8 @@ def interpolations(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
     for i in range(pairs):
         a, b = x[2 * i:2 * i + 1], x[2 * i + 1:2 * i + 2]
         ya = y[2 * i:2 * i + 1] if model.conditional else None
-        ca, cb = model.code(a, ya), model.code(b, y[2 * i + 1:2 * i + 2] if ya is not None else None)
+        yb = y[2 * i + 1:2 * i + 2] if ya is not None else None
+        ca, cb = model.code(a, ya), model.code(b, yb)
         imgs = model.decode_code((1 - t) * ca + t * cb, None if ya is None else ya.repeat(steps))
         rows.append(torch.cat([a, imgs.to(x.dtype), b]))
     return make_grid(torch.cat(rows).cpu().float(), nrow=steps + 2, pad_value=0.5)

@@ -95,44 +95,56 @@ def _seq(x: torch.Tensor) -> torch.Tensor:
     return to_sequence(x.float())                          # (B, T, F)
 
 
+def _given(model, y):
+    return y if model.conditional else None
+
+
 @torch.no_grad()
-def reconstruction_plots(model, x: torch.Tensor) -> torch.Tensor:
-    recon = model.reconstruct(x)
+def reconstruction_plots(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    recon = model.reconstruct(x, _given(model, y))
     return plot_panels([[(a, INPUT), (b, RECON)]
                         for a, b in zip(_seq(x), _seq(recon))])
 
 
 @torch.no_grad()
 def sample_plots(model, n: int, seed: int = 0) -> torch.Tensor:
+    """Prior draws (conditional models: labels cycle 0, 1, ...)."""
     g = torch.Generator().manual_seed(int(seed))
-    return plot_panels([[(s, SAMPLE)] for s in _seq(model.sample(n, generator=g))])
+    y = (torch.arange(n) % model.num_classes).to(model.device) if model.conditional else None
+    return plot_panels([[(s, SAMPLE)] for s in _seq(model.sample(n, y, generator=g))])
 
 
 @torch.no_grad()
-def traversal_plots(model, x: torch.Tensor, dims: list, steps: int = 9,
-                    span: float = 3.0) -> torch.Tensor:
+def traversal_plots(model, x: torch.Tensor, y: torch.Tensor | None, dims: list,
+                    steps: int = 9, span: float = 3.0) -> torch.Tensor:
     """One panel per code dimension: the code of ``x[0]`` with that dimension swept over
     +-span, blue (-span) to red (+span); the input in thin grey."""
-    c = model.code(x[:1])
+    y0 = _given(model, None if y is None else y[:1])
+    c = model.code(x[:1], y0)
     offsets = torch.linspace(-span, span, steps, device=c.device)
     panels = []
     for d in dims:
         codes = c.repeat(steps, 1)
         codes[:, d] = c[0, d] + offsets
-        seqs = _seq(model.decode_code(codes))
+        seqs = _seq(model.decode_code(codes, None if y0 is None else y0.repeat(steps)))
         panels.append([(_seq(x[:1])[0], (170, 170, 170))]
                       + [(s, _gradient(i, steps)) for i, s in enumerate(seqs)])
     return plot_panels(panels, cols=min(len(panels), 5), size=(200, 96))
 
 
 @torch.no_grad()
-def interpolation_plots(model, x: torch.Tensor, pairs: int, steps: int = 10) -> torch.Tensor:
+def interpolation_plots(model, x: torch.Tensor, y: torch.Tensor | None, pairs: int,
+                        steps: int = 10) -> torch.Tensor:
     """One panel per pair (x[2i], x[2i+1]): decoded codes on the line between their
-    posterior means, blue (first) to red (second)."""
+    posterior means, blue (first) to red (second); a conditional model decodes the whole
+    line with the first one's label."""
     t = torch.linspace(0, 1, steps, device=x.device).view(-1, 1)
+    y = _given(model, y)
     panels = []
     for i in range(pairs):
-        ca, cb = model.code(x[2 * i:2 * i + 1]), model.code(x[2 * i + 1:2 * i + 2])
-        seqs = _seq(model.decode_code((1 - t) * ca + t * cb))
+        ya, yb = (None, None) if y is None else (y[2 * i:2 * i + 1], y[2 * i + 1:2 * i + 2])
+        ca, cb = model.code(x[2 * i:2 * i + 1], ya), model.code(x[2 * i + 1:2 * i + 2], yb)
+        seqs = _seq(model.decode_code((1 - t) * ca + t * cb,
+                                      None if ya is None else ya.repeat(steps)))
         panels.append([(s, _gradient(j, steps)) for j, s in enumerate(seqs)])
     return plot_panels(panels, cols=min(len(panels), 4), size=(200, 96))

@@ -20,6 +20,7 @@ from vae_train.pictures import save_figures, training_figures
 
 log = logging.getLogger("vae_train")
 
+
 class Reporter:
     """Writes what the trainer measured. ``tb`` is the run's TensorBoard writer (disabled on
     ranks other than 0); pictures are drawn from a fixed validation batch (fig_x, fig_y)."""

@@ -25,7 +25,7 @@ from vae_train import distributed
 from vae_train.checks import BOOLEAN, integer, number, one_of, optional
 from vae_train.data import DataModule, Split
 from vae_train.logging import TBLogger
-from vae_train.models.base import parameter_groups_of, set_stage, stages_of
+from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
 from vae_train.training.forward import training_forward
 from vae_train.training.optim import GroupOptimizers, total_norm
@@ -60,10 +60,9 @@ class Trainer:
         self.steps_per_epoch = distributed.steps_per_epoch(len(data.train), self.global_batch)
         # Stages run one after the other; each step of a stage runs its phases in order,
         # each updating one parameter group with its own optimizer and schedule.
-        self.stages = stages_of(model, int(self.t.epochs))
+        self.stages, groups = training_plan(model, objective, int(self.t.epochs))
         self.total_epochs = sum(s.epochs for s in self.stages)
         self.stage, self.phases = self.stages[0].name, self.stages[0].phases
-        groups = parameter_groups_of(model, objective)
         self.optim = GroupOptimizers(cfg, groups, self.steps_per_epoch, self.total_epochs)
         self.forward = training_forward(model, objective, device, self.world,
                                         len(groups) > 1 or len(self.stages) > 1,
