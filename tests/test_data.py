@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import write_mnist_like
-from vae_train.data import DataModule, load_image_data
+from vae_train.build import load_image_data
+from vae_train.data import DataModule
 from vae_train.data.cifar import write_cifar_batch
 from vae_train.data.idx import read_idx, write_idx
 from vae_train.data.synthetic import make_synthetic

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_cli
 from vae_train.config import validate
-from vae_train.data import DataModule, dsprites, load_image_data
+from vae_train.build import load_image_data
+from vae_train.data import DataModule, dsprites
 from vae_train.data.dsprites import (FACTOR_SIZES, NUM_IMAGES, cache_path, factors_to_index,
                                      index_to_factors, load_grid, render, split_indices)
 from vae_train.errors import UserError

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import compose_cfg, run_cli
-from vae_train.data import DataModule, load_image_data
+from vae_train.build import load_image_data
+from vae_train.data import DataModule
 from vae_train.data.sines import make_sines
 from vae_train.errors import UserError
 from vae_train.distributions import BernoulliLikelihood, GaussianLikelihood

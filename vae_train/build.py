@@ -9,16 +9,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vae_train import distributed
-from vae_train.data import DataModule, build_dataset
+from vae_train.data import DataModule, DataSet, ImageData
 from vae_train.errors import UserError
 from vae_train.losses import ELBO, BetaVAE, ModelObjective, Objective
 from vae_train.models.base import LatentVariable, Model, OwnsObjective, SemiSupervised
 
 
-def instantiate_node(node, group: str, **kwargs):
-    """Build a config node's object; a wrong or foreign key becomes one line naming it."""
+def instantiate_node(node, group: str, kind: type, **kwargs):
+    """Build a config node's object, which must be a ``kind``; a wrong or foreign key, or a
+    ``_target_`` that builds something else, becomes one line naming it."""
     try:
-        return instantiate(node, **kwargs)
+        obj = instantiate(node, **kwargs)
     except Exception as e:  # hydra wraps constructor errors
         cause = e.__cause__ or e
         if isinstance(cause, UserError):
@@ -28,26 +29,30 @@ def instantiate_node(node, group: str, **kwargs):
                             f"{str(cause).splitlines()[0]} (see docs/ for the {group} options)"
                             ) from None
         raise
+    if not isinstance(obj, kind):
+        raise UserError(f"{group}._target_={node.get('_target_')} builds a "
+                        f"{type(obj).__name__}, not a {kind.__module__}.{kind.__name__} "
+                        "(see docs/adding.md)")
+    return obj
+
+
+def load_image_data(node) -> ImageData:
+    """Build the data set a ``dataset`` config node describes, and read it."""
+    return instantiate_node(node, "dataset", DataSet).load()
 
 
 def build(cfg: DictConfig, device: torch.device):
     """(data module, objective, model) for a config, on ``device``."""
-    dataset = build_dataset(cfg.dataset)
+    dataset = instantiate_node(cfg.dataset, "dataset", DataSet)
     with distributed.rank0_first():   # several processes: one downloads/renders, then the rest
         data = dataset.load()
     dm = DataModule(data, device, dataset.binarize, dataset.val_size, dataset.split_seed,
                     dataset.binarize_seed)
-    objective = instantiate_node(cfg.loss, "loss")
-    if not isinstance(objective, Objective):
-        raise UserError(f"loss._target_={cfg.loss._target_} builds a {type(objective).__name__}, "
-                        "not a vae_train.losses.Objective")
+    objective = instantiate_node(cfg.loss, "loss", Objective)
     likelihood = objective.make_likelihood(dm.shape[0])
-    model = instantiate_node(cfg.model, "model", input_shape=dm.shape,
+    model = instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,
                              num_classes=dm.num_classes, likelihood=likelihood)
     name = cfg.model._target_.rsplit(".", 1)[-1]
-    if not isinstance(model, Model):
-        raise UserError(f"model._target_={cfg.model._target_} builds a {type(model).__name__}, "
-                        "not a vae_train.models.base.Model (see docs/adding.md)")
     if isinstance(model, OwnsObjective):
         if not isinstance(objective, ELBO) or isinstance(objective, BetaVAE):
             raise UserError(f"model {name} trains its own objective ({model.objective_doc}); "

@@ -9,7 +9,7 @@ evaluates, samples and resumes one):
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 # The data sets of vae-train 0.1, by the ``dataset.name`` its configs wrote.
 DATASETS_V0_1 = {
@@ -23,21 +23,10 @@ DATASETS_V0_1 = {
 }
 
 
-def dataset_node(node):
-    """A ``dataset`` node as it is written now: with a ``_target_`` (added from ``name`` to a
-    node written by 0.1)."""
-    if node.get("_target_") or node.get("name") not in DATASETS_V0_1:
-        return node
-    node = OmegaConf.create(OmegaConf.to_container(node) if isinstance(node, DictConfig)
-                            else dict(node))
-    with open_dict(node):
-        node["_target_"] = DATASETS_V0_1[node["name"]]
-    return node
-
-
 def upgrade_config(cfg: DictConfig) -> DictConfig:
     """A run's saved config, brought up to date (see the module)."""
-    if "dataset" in cfg:
+    data = cfg.get("dataset")
+    if data is not None and not data.get("_target_") and data.get("name") in DATASETS_V0_1:
         with open_dict(cfg):
-            cfg.dataset = dataset_node(cfg.dataset)
+            cfg.dataset._target_ = DATASETS_V0_1[data.name]
     return cfg

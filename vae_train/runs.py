@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vae_train import CONFIG_DIR, checkpoint
 from vae_train import argv as argv_mod
-from vae_train import checkpoint
 from vae_train.compat import upgrade_config
 from vae_train.data import DataModule
 from vae_train.device import resolve_device
@@ -34,8 +34,6 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
 
     def decorate(fn):
         import hydra
-
-        from vae_train.train import CONFIG_DIR
 
         # The commands' own config folder: no option of theirs is taken for a training group.
         folder = str(Path(CONFIG_DIR) / "commands")

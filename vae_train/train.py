@@ -14,7 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from vae_train import argv, distributed, launchers, sweeps
+from vae_train import CONFIG_DIR, argv, distributed, launchers, sweeps
 from vae_train.build import build
 from vae_train.config import validate
 from vae_train.device import resolve_device, wants_channels_last
@@ -27,9 +27,6 @@ from vae_train.training.trainer import Trainer
 
 log = logging.getLogger("vae_train")
 
-_PKG = Path(__file__).resolve().parent
-# A wheel carries the configs inside the package; a source checkout has them at the top.
-CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
 
 
 def run(cfg: DictConfig) -> float:

@@ -94,28 +94,3 @@ class DataSet(Checked, ABC):
             if factors is not None:
                 setattr(data, f"{split}_factors", factors[:size])
         return data
-
-
-def build_dataset(node) -> DataSet:
-    """The data set a ``dataset`` config node describes (one line naming a bad option)."""
-    from hydra.utils import instantiate
-
-    from vae_train.compat import dataset_node
-
-    try:
-        dataset = instantiate(dataset_node(node))
-    except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
-        cause = e.__cause__ or e
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"dataset: cannot build {node.get('_target_', '?')}: "
-                        f"{str(cause).splitlines()[0]}") from None
-    if not isinstance(dataset, DataSet):
-        raise UserError(f"dataset._target_={node.get('_target_')} builds a "
-                        f"{type(dataset).__name__}, not a vae_train.data.DataSet")
-    return dataset
-
-
-def load_image_data(node) -> ImageData:
-    """Build the data set of a ``dataset`` config node and read it."""
-    return build_dataset(node).load()
