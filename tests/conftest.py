@@ -21,6 +21,12 @@ TINY = ["dataset=synthetic", "dataset.num_train=1200", "dataset.num_test=300",
         "trainer.batch_size=64", "trainer.progress=false", "device=cpu"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Decode caches (dataset=folder, celeba) go to a temporary folder, never ~/.cache."""
+    os.environ["VAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("vae_cache"))
+
+
 def run_cli(args, cwd, check=True, env=None, timeout=300):
     """``python -m vae_train ARGS`` in ``cwd``; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -9,7 +9,10 @@ import torch
 from conftest import compose_cfg, write_mnist_like
 from vae_train.config import validate
 from vae_train.device import resolve_device
-from vae_train.data.cifar import write_cifar_batch
+from test_celeba import write_celeba
+from test_folder import write_classes
+from vae_train.data.cifar import write_cifar100, write_cifar_batch
+from vae_train.data.svhn import write_svhn
 from vae_train.errors import UserError
 from vae_train.build import build
 from vae_train.train import CONFIG_DIR
@@ -49,6 +52,16 @@ def data_root(tmp_path_factory):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         write_cifar_batch(cifar / name, rng.integers(0, 256, (24, 3, 32, 32)), rng.integers(0, 10, 24))
+    fine = rng.integers(0, 100, 24)
+    write_cifar100(root / "cifar-100-python", (rng.integers(0, 256, (24, 3, 32, 32)), fine,
+                                               fine // 5),
+                   (rng.integers(0, 256, (24, 3, 32, 32)), fine, fine // 5))
+    for split in ("train", "test"):
+        write_svhn(root / f"{split}_32x32.mat", rng.integers(0, 256, (24, 3, 32, 32)),
+                   rng.integers(0, 10, 24))
+    np.save(root / "arrays.npy", rng.normal(size=(60, 12)).astype(np.float32))
+    write_classes(root / "images", {"a": 20, "b": 20})
+    write_celeba(root / "celeba")
     return root
 
 
@@ -57,7 +70,7 @@ def _build_and_step(cfg, tmp_path):
     dm, objective, model = build(cfg, torch.device("cpu"))
     trainer = Trainer(cfg, model, objective, dm, torch.device("cpu"), None, tmp_path,
                       TBLogger(tmp_path, enabled=False))
-    x, y = dm.train_batch(torch.arange(8))
+    x, y = dm.train_batch(torch.arange(min(8, len(dm.train))))
     for name, _, _ in trainer.stages:
         trainer.enter_stage(trainer.stages[0][1] + 1 if name != trainer.stages[0][0] else 1)
         terms = trainer.train_step(x, y)
@@ -80,12 +93,18 @@ def test_every_dataset_builds(option, data_root, tmp_path):
     generated = {"synthetic": SMALL,
                  "sines": ["dataset=sines", "dataset.num_train=200", "dataset.num_test=50"],
                  "dsprites": ["dataset=dsprites", "dataset.num_train=200", "dataset.num_test=50",
-                              "dataset.cache=false"]}
+                              "dataset.cache=false"],
+                 "arrays": ["dataset=arrays", f"dataset.path={data_root / 'arrays.npy'}"],
+                 "folder": ["dataset=folder", f"dataset.path={data_root / 'images'}",
+                            "dataset.channels=1"],
+                 "celeba": ["dataset=celeba", f"dataset.root={data_root}", "dataset.download=false",
+                            "dataset.image_size=32", "dataset.val_size=1"]}
     cfg = compose_cfg(generated.get(option) or
                       [f"dataset={option}", f"dataset.root={data_root}", "dataset.download=false"])
     dm, _ = _build_and_step(cfg, tmp_path)
-    assert dm.shape == {"cifar10": (3, 32, 32), "sines": (1, 64, 1),
-                        "dsprites": (1, 64, 64)}.get(option, (1, 28, 28))
+    assert dm.shape == {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
+                        "arrays": (1, 1, 12), "folder": (1, 10, 12), "celeba": (3, 32, 32),
+                        "sines": (1, 64, 1), "dsprites": (1, 64, 64)}.get(option, (1, 28, 28))
 
 
 @pytest.mark.parametrize("option", options("loss"))

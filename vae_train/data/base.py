@@ -13,22 +13,34 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vae_train.checks import Checked, Rule, integer, is_int, is_num, one_of, optional
+from vae_train.checks import Checked, Rule, integer, is_int, is_num, number, one_of, optional
 from vae_train.data.factors import FactorGrid
+from vae_train.data.rows import Rows
 from vae_train.errors import UserError
 
 BINARIZE = ("none", "static", "dynamic")
 
 
+VALUES = ("8bit", "unit", "real", "binary")
+
+
 @dataclass
 class ImageData:
-    """A data set in memory: examples (N, C, H, W), uint8 images (0..255) or float values
-    (sequences, (N, 1, T, F)), and int64 labels, for both splits."""
+    """A data set: examples (N, C, H, W), uint8 images (0..255) or float values (sequences,
+    (N, 1, T, F); vectors, (N, 1, 1, D)), and int64 labels, for both splits. Examples are a
+    tensor in memory or :class:`vae_train.data.rows.Rows` of a file (memory-mapped).
+
+    ``values`` says what the numbers are, so the likelihood can fit them: ``8bit`` (uint8
+    images; discretised likelihoods and bits per dimension apply), ``unit`` (floats in
+    [0, 1]), ``real`` (unbounded floats, e.g. standardised), ``binary`` (0/1); None: from the
+    dtype (uint8: 8bit, else unit). ``stats``: the standardisation a data set applied
+    (JSON-able, e.g. per-feature mean and std), saved with the run so that later commands
+    apply the same."""
 
     name: str
-    train_x: torch.Tensor
+    train_x: torch.Tensor | Rows
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | Rows
     test_y: torch.Tensor
     classes: list[str] = field(default_factory=list)
     # Generated from known factors of variation (dsprites): each example's factor indices
@@ -36,6 +48,14 @@ class ImageData:
     train_factors: torch.Tensor | None = None
     test_factors: torch.Tensor | None = None
     factor_grid: FactorGrid | None = None
+    values: str | None = None
+    stats: dict | None = None
+
+    @property
+    def value_kind(self) -> str:
+        if self.values is not None:
+            return self.values
+        return "8bit" if self.train_x.dtype == torch.uint8 else "unit"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -60,18 +80,24 @@ class DataSet(Checked, ABC):
         "split_seed": integer(0),
         "binarize_seed": integer(0),
         "labeled": optional(integer(1)),
+        "in_memory": Rule(lambda v: v in (True, False, "auto"), "true, false or auto"),
+        "memory_share": number(0, 1, low_open=True),
     }
 
     def __init__(self, name: str | None = None, train_size: int | None = None,
                  test_size: int | None = None, val_size: float = 0.1, binarize: str = "none",
                  split_seed: int = 0, binarize_seed: int = 0, labeled: int | None = None,
-                 likelihood: str | None = None):
+                 likelihood: str | None = None, in_memory: bool | str = "auto",
+                 memory_share: float = 0.5):
         self.name = name or type(self).__name__.lower()
         self.train_size, self.test_size = train_size, test_size
         self.val_size, self.binarize = val_size, binarize
         self.split_seed, self.binarize_seed = int(split_seed), int(binarize_seed)
         self.labeled = labeled            # semi-supervised models: labels kept (None: theirs)
         self.likelihood = likelihood      # the loss.likelihood this data asks for, if any
+        # data in a file (a decode cache, an .npy): read into memory (true), read a batch at a
+        # time (false), or by size (auto: in memory below memory_share of the free memory)
+        self.in_memory, self.memory_share = in_memory, float(memory_share)
 
     @abstractmethod
     def read(self) -> ImageData:

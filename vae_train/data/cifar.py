@@ -1,4 +1,6 @@
-"""Reader for CIFAR-10's python pickles (``cifar-10-batches-py``)."""
+"""Readers for CIFAR-10's and CIFAR-100's python pickles (``cifar-10-batches-py``,
+``cifar-100-python``), through an unpickler that refuses every object but numpy arrays, and
+writers of both layouts for tests."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from vae_train.errors import UserError
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCHES = ["test_batch"]
+CIFAR100_FILES = ["train", "test", "meta"]
+CIFAR100_LABELS = {"fine": 100, "coarse": 20}   # dataset.labels -> number of classes
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -27,18 +31,62 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpickle(path: Path, what: str) -> dict:
+    """The dict a CIFAR pickle holds; one line naming the file when it cannot be read."""
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"cannot read CIFAR-10 batch {path}: {e}") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise UserError(f"CIFAR-10 batch {path} has data of shape {data.shape} and "
-                        f"{len(labels)} labels; expected (N, 3072) and N labels")
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+    except (OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError, AttributeError,
+            ImportError, IndexError) as e:
+        raise UserError(f"cannot read {what} file {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"cannot read {what} file {path}: it holds a {type(d).__name__}, "
+                        "not a dict")
+    return d
+
+
+def _get(d: dict, key: str):
+    """``d[key]`` for a key stored as bytes (python 2 pickles) or str (python 3)."""
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise KeyError(key)
+
+
+def _images_and_labels(path: Path, what: str, d: dict, label_key: str, num_classes: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, 32, 32) uint8 and (N,) int64 from a batch dict, checked: data (N, 3072), N
+    labels, each in 0..num_classes-1."""
+    try:
+        data = np.asarray(_get(d, "data"))
+        labels = np.asarray(_get(d, label_key))
+    except KeyError as e:
+        raise UserError(f"{what} file {path} has no {e.args[0]!r} entry; is it a {what} "
+                        "file?") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 \
+            or len(labels) != len(data):
+        raise UserError(f"{what} file {path} has data of shape {data.shape} and labels of "
+                        f"shape {labels.shape}; expected (N, 3072) and N labels")
+    if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer) and (
+            len(data) == 0 or (data.min() >= 0 and data.max() <= 255))):
+        raise UserError(f"{what} file {path} has data of type {data.dtype}; expected bytes "
+                        "(uint8, 0..255)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{what} file {path} has labels of type {labels.dtype}; expected "
+                        "integers")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{what} file {path}: {int(bad.sum())} {label_key} outside 0.."
+                        f"{num_classes - 1} (the first: {int(labels[i])} at index {i}); the "
+                        "file is corrupt or not of this data set")
+    images = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).copy()
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CIFAR-10 batch: (N, 3, 32, 32) uint8 images and (N,) labels in 0..9."""
+    return _images_and_labels(path, "CIFAR-10", _unpickle(path, "CIFAR-10"), "labels", 10)
 
 
 def read_cifar10(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +99,50 @@ def write_cifar_batch(path: Path, images: np.ndarray, labels) -> None:
     data = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
     with open(path, "wb") as f:
         pickle.dump({b"data": data, b"labels": list(map(int, labels))}, f)
+
+
+def read_cifar100(folder: Path, train: bool, labels: str = "fine"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-100's ``train`` or ``test`` pickle in ``folder``: (N, 3, 32, 32) uint8 images and
+    (N,) int64 labels, fine (0..99) or coarse (0..19)."""
+    path = folder / ("train" if train else "test")
+    return _images_and_labels(path, "CIFAR-100", _unpickle(path, "CIFAR-100"),
+                              f"{labels}_labels", CIFAR100_LABELS[labels])
+
+
+def read_cifar100_names(folder: Path, labels: str = "fine") -> list[str]:
+    """The class names in CIFAR-100's ``meta`` pickle (``fine_label_names`` or
+    ``coarse_label_names``), checked to be as many as the classes."""
+    path = folder / "meta"
+    try:
+        names = list(_get(_unpickle(path, "CIFAR-100"), f"{labels}_label_names"))
+    except KeyError:
+        raise UserError(f"CIFAR-100 file {path} has no {labels}_label_names entry; is it "
+                        "CIFAR-100's meta file?") from None
+    except TypeError:
+        raise UserError(f"CIFAR-100 file {path}: {labels}_label_names is not a list") from None
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+    if len(names) != CIFAR100_LABELS[labels]:
+        raise UserError(f"CIFAR-100 file {path} names {len(names)} {labels} classes; expected "
+                        f"{CIFAR100_LABELS[labels]}")
+    return names
+
+
+def write_cifar100(folder: Path, train: tuple, test: tuple, fine_names=None,
+                   coarse_names=None) -> None:
+    """Write ``folder``/{train,test,meta} in CIFAR-100's pickle layout (bytes keys, as the
+    python 2 originals read back); ``train`` and ``test`` are (images, fine_labels,
+    coarse_labels). Used by tests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (images, fine, coarse) in (("train", train), ("test", test)):
+        data = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": list(map(int, fine)),
+                         b"coarse_labels": list(map(int, coarse)),
+                         b"filenames": [f"{i}.png".encode() for i in range(len(data))]}, f)
+    fine_names = fine_names if fine_names is not None else [f"fine{i}" for i in range(100)]
+    coarse_names = coarse_names if coarse_names is not None else [f"coarse{i}"
+                                                                  for i in range(20)]
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [n.encode() for n in fine_names],
+                     b"coarse_label_names": [n.encode() for n in coarse_names]}, f)

@@ -1,10 +1,11 @@
 """The data sets torchvision knows, read from its on-disk layout into uint8 tensors.
 
 Search order: ``dataset.root`` in torchvision's layout (``<root>/MNIST/raw/...``,
-``<root>/FashionMNIST/raw/...``, ``<root>/KMNIST/raw/...``, ``<root>/cifar-10-batches-py/...``);
-for Fashion-MNIST also Debian's ``/usr/share/datasets/fashion-mnist``; then torchvision's
-download into ``dataset.root`` (when ``dataset.download`` is true). If all fail, one message
-names every place tried.
+``<root>/FashionMNIST/raw/...``, ``<root>/KMNIST/raw/...``, ``<root>/cifar-10-batches-py/...``,
+``<root>/cifar-100-python/...``, ``<root>/{train,test,extra}_32x32.mat`` for SVHN, also under
+``<root>/svhn/``); for Fashion-MNIST also Debian's ``/usr/share/datasets/fashion-mnist``; then
+torchvision's download into ``dataset.root`` (when ``dataset.download`` is true). If all fail,
+one message names every place tried.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
+from vae_train.checks import BOOLEAN, one_of
 from vae_train.data.base import DataSet, ImageData
-from vae_train.data.cifar import TEST_BATCHES, TRAIN_BATCHES, read_cifar10
+from vae_train.data.cifar import (CIFAR100_FILES, CIFAR100_LABELS, TEST_BATCHES, TRAIN_BATCHES,
+                                  read_cifar10, read_cifar100, read_cifar100_names)
+from vae_train.data.svhn import SVHN_CLASSES, read_svhn, require_scipy, svhn_file
 from vae_train.data.idx import read_idx
 from vae_train.errors import UserError, first_line
 
@@ -49,11 +55,25 @@ class TorchvisionSet(DataSet):
                  self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for train in (True, False):
-                getattr(tvd, self.tv_class)(str(self.root), train=train, download=True)
+            for kwargs in self.download_splits():
+                getattr(tvd, self.tv_class)(str(self.root), download=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure becomes one line for the user
             return first_line(e)
         return ""
+
+    def download_splits(self) -> list[dict]:
+        """The keyword arguments of one torchvision constructor call per split to download."""
+        return [{"train": True}, {"train": False}]
+
+    def find_or_download(self, present) -> str:
+        """``present()`` is true now, or after torchvision's download; else why not (the end
+        of the "not found" line)."""
+        if present():
+            return ""
+        why = "not downloaded: dataset.download=false"
+        if self.download:
+            why = f"download failed: {self.try_download() or 'the download left no usable files'}"
+        return "" if present() else why
 
 
 class MnistLike(TorchvisionSet):
@@ -134,12 +154,8 @@ class CIFAR10(TorchvisionSet):
         self.check_root()
         folder = self.root / "cifar-10-batches-py"
         names = TRAIN_BATCHES + TEST_BATCHES
-        present = lambda: all((folder / n).is_file() for n in names)  # noqa: E731
-        why = "not downloaded: dataset.download=false"
-        if not present() and self.download:
-            why = self.try_download() or "the download left no usable files"
-            why = f"download failed: {why}"
-        if not present():
+        why = self.find_or_download(lambda: all((folder / n).is_file() for n in names))
+        if why:
             raise UserError(
                 f"CIFAR-10 not found: looked in {folder}; {why}. To fix: unpack "
                 f"cifar-10-python.tar.gz into {self.root}, or set dataset.root=PATH (or "
@@ -147,3 +163,75 @@ class CIFAR10(TorchvisionSet):
         log.info("reading CIFAR-10 from %s", folder)
         return ImageData(self.name, *read_cifar10(folder, True), *read_cifar10(folder, False),
                          classes=list(self.classes))
+
+
+class CIFAR100(TorchvisionSet):
+    """32x32 colour images in the python pickles of ``cifar-100-python`` (``train``, ``test``,
+    ``meta``), labelled with the 100 fine classes or the 20 coarse superclasses
+    (``labels``)."""
+
+    title, tv_class = "CIFAR-100", "CIFAR100"
+    checks = {"labels": one_of(*CIFAR100_LABELS, what="fine (100 classes) or coarse (20)")}
+
+    def __init__(self, root: str, download: bool = True, labels: str = "fine", **common):
+        super().__init__(root, download, **common)
+        self.labels = labels
+
+    def read(self) -> ImageData:
+        self.check_root()
+        folder = self.root / "cifar-100-python"
+        why = self.find_or_download(lambda: all((folder / n).is_file() for n in CIFAR100_FILES))
+        if why:
+            raise UserError(
+                f"CIFAR-100 not found: looked in {folder} (for {', '.join(CIFAR100_FILES)}); "
+                f"{why}. To fix: unpack cifar-100-python.tar.gz into {self.root}, or set "
+                "dataset.root=PATH (or $VAE_DATA_DIR)")
+        log.info("reading CIFAR-100 (%s labels) from %s", self.labels, folder)
+        classes = read_cifar100_names(folder, self.labels)
+        return ImageData(self.name, *read_cifar100(folder, True, self.labels),
+                         *read_cifar100(folder, False, self.labels), classes=classes)
+
+
+class SVHN(TorchvisionSet):
+    """The Street View House Numbers, cropped digits: 32x32 colour images in the MATLAB files
+    ``train_32x32.mat`` and ``test_32x32.mat`` (and ``extra_32x32.mat``, 531,131 more training
+    images, with ``extra``), in ``root`` or ``root/svhn``; label 10 in the files is digit 0.
+    Reading them needs scipy (the ``svhn`` extra)."""
+
+    title, tv_class = "SVHN", "SVHN"
+    checks = {"extra": BOOLEAN}
+
+    def __init__(self, root: str, download: bool = True, extra: bool = False, **common):
+        super().__init__(root, download, **common)
+        self.extra = extra
+
+    def splits(self) -> list[str]:
+        return ["train", "test", *(["extra"] if self.extra else [])]
+
+    def download_splits(self) -> list[dict]:
+        return [{"split": s} for s in self.splits()]
+
+    def _find(self, dirs: list[Path]) -> Path | None:
+        for d in dirs:
+            if all(svhn_file(d, s).is_file() for s in self.splits()):
+                return d
+        return None
+
+    def read(self) -> ImageData:
+        require_scipy()
+        self.check_root()
+        dirs = [self.root, self.root / "svhn"]
+        why = self.find_or_download(lambda: self._find(dirs) is not None)
+        if why:
+            names = ", ".join(svhn_file(Path(), s).name for s in self.splits())
+            raise UserError(
+                f"SVHN not found: looked in {dirs[0]} and {dirs[1]} (for {names}); {why}. To "
+                f"fix: put the files from http://ufldl.stanford.edu/housenumbers/ in "
+                f"{self.root}, or set dataset.root=PATH (or $VAE_DATA_DIR)")
+        found = self._find(dirs)
+        log.info("reading SVHN (%s) from %s", ", ".join(self.splits()), found)
+        train_parts = [read_svhn(svhn_file(found, s)) for s in self.splits() if s != "test"]
+        train_x = torch.cat([p[0] for p in train_parts])
+        train_y = torch.cat([p[1] for p in train_parts])
+        return ImageData(self.name, train_x, train_y, *read_svhn(svhn_file(found, "test")),
+                         classes=list(SVHN_CLASSES))

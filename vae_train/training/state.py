@@ -84,6 +84,12 @@ def save_partial(tr, epoch: int, batch: int, perm, sums, seconds: float) -> None
     save(tr, state, "last.pt")
 
 
+# Data-set keys that say where or how the data are read, not which data, and the statistics a
+# run computes from its data (stats): a change is no news.
+STORAGE_KEYS = frozenset({"_target_", "root", "download", "in_memory", "memory_share", "cache",
+                          "cache_dir", "workers", "stats"})
+
+
 def restore(tr, path: Path) -> None:
     """Continue trainer ``tr`` from a checkpoint; optimizer settings of the current config
     apply on top."""
@@ -94,7 +100,7 @@ def restore(tr, path: Path) -> None:
     new_data = OmegaConf.to_container(tr.cfg.dataset, resolve=True)
     if old_data is not None and old_data != new_data:
         changed = sorted(k for k in set(old_data) | set(new_data)
-                         if old_data.get(k) != new_data.get(k) and k != "_target_")
+                         if old_data.get(k) != new_data.get(k) and k not in STORAGE_KEYS)
         if changed:
             log.warning("resuming with other data settings than the checkpoint's (dataset.%s); "
                         "best_val_loss was measured on the old validation split",

@@ -205,30 +205,39 @@ class Trainer:
 
     def _steps(self, epoch, perm, first, sums, bar, start: float, before: float) -> None:
         bs = self.global_batch
+        shares, weights = [], []
         for i in range(first, self.steps_per_epoch):
-            if self.stopping.requested():   # a signal: save the position in the epoch, exit
-                now = time.perf_counter()
-                self.train_time += now - start
-                self.train_images += (i - first) * bs
-                state.save_partial(self, epoch, i, perm, sums, now - start + before)
-                self.stopping.exit(f"in epoch {epoch} after batch {i} of {self.steps_per_epoch}; "
-                                   "checkpoints/last.pt holds that point", self.rank, self.run_dir)
             idx, weight = perm[i * bs:(i + 1) * bs], 1.0
             if self.world > 1:   # this rank's share; DDP averages the ranks' gradients, so a
                 # share of a smaller last batch weighs its loss by its size
                 a, b = distributed.shard(len(idx))
                 idx, weight = idx[a:b], (b - a) * self.world / len(idx)
-            terms = self.train_step(*self.data.train_batch(idx), weight)
-            bar.update()
-            if terms is None:   # a skipped non-finite step
-                continue
-            self.epoch_examples += len(idx)
-            for k, v in terms.items():
-                sums[k] += v.detach().float() * len(idx)
-            if self.step % int(self.t.log_every_steps) == 0:
-                values = {k: v.item() for k, v in terms.items()}
-                self.report.tb.scalars("train_step", values, self.step)
-                bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
+            shares.append(idx)
+            weights.append(weight)
+        batches = self.data.train_batches(shares)   # read ahead when the data are in a file
+        try:
+            for i, weight, (x, y) in zip(range(first, self.steps_per_epoch), weights, batches):
+                if self.stopping.requested():   # a signal: save the position in the epoch
+                    now = time.perf_counter()
+                    self.train_time += now - start
+                    self.train_images += (i - first) * bs
+                    state.save_partial(self, epoch, i, perm, sums, now - start + before)
+                    self.stopping.exit(f"in epoch {epoch} after batch {i} of "
+                                       f"{self.steps_per_epoch}; checkpoints/last.pt holds that "
+                                       "point", self.rank, self.run_dir)
+                terms = self.train_step(x, y, weight)
+                bar.update()
+                if terms is None:   # a skipped non-finite step
+                    continue
+                self.epoch_examples += len(x)
+                for k, v in terms.items():
+                    sums[k] += v.detach().float() * len(x)
+                if self.step % int(self.t.log_every_steps) == 0:
+                    values = {k: v.item() for k, v in terms.items()}
+                    self.report.tb.scalars("train_step", values, self.step)
+                    bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
+        finally:
+            batches.close()   # stops a background reader
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
@@ -293,7 +302,7 @@ class Trainer:
         self.model.eval()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         a, b = distributed.shard(len(split))
-        part = Split(split.x[a:b], split.y[a:b]) if self.world > 1 else split
+        part = split.part(a, b) if self.world > 1 else split
         for x, y in self.data.eval_batches(part, int(self.t.eval_batch_size)):
             with self.autocast():
                 terms = self.objective(self.model, x, y, step=self.step, train=False)
