@@ -108,7 +108,8 @@ def test_every_dataset_builds(option, data_root, tmp_path):
 
 
 @pytest.mark.parametrize("option", options("loss"))
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "logistic_mixture",
+                                        "discretized_gaussian", "auto"])
 def test_every_loss_builds(option, likelihood, tmp_path):
     _build_and_step(compose_cfg([f"loss={option}", f"loss.likelihood={likelihood}", *SMALL]),
                     tmp_path)

@@ -47,9 +47,9 @@ def build(cfg: DictConfig, device: torch.device):
     with distributed.rank0_first():   # several processes: one downloads/renders, then the rest
         data = dataset.load()
     dm = DataModule(data, device, dataset.binarize, dataset.val_size, dataset.split_seed,
-                    dataset.binarize_seed)
+                    dataset.binarize_seed, dataset.in_memory, dataset.memory_share)
     objective = instantiate_node(cfg.loss, "loss", Objective)
-    likelihood = objective.make_likelihood(dm.shape[0])
+    likelihood = objective.make_likelihood(dm.shape[0], dm.values, dm.name)
     model = instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,
                              num_classes=dm.num_classes, likelihood=likelihood)
     name = cfg.model._target_.rsplit(".", 1)[-1]
@@ -59,7 +59,8 @@ def build(cfg: DictConfig, device: torch.device):
                             "drop the loss= choice (the default, loss=elbo, supplies only "
                             "loss.likelihood/sigma/learn_sigma)")
         objective = ModelObjective(likelihood=objective.likelihood, sigma=objective.sigma,
-                                   learn_sigma=objective.learn_sigma)
+                                   learn_sigma=objective.learn_sigma,
+                                   mixtures=objective.mixtures)
     elif not isinstance(model, LatentVariable):
         raise UserError(f"model {name} has no likelihood bound (it is not a LatentVariable) and "
                         "does not train its own objective (OwnsObjective); see docs/adding.md")

@@ -29,9 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_train.checks import BOOLEAN, check_values, integer, number, one_of
-from vae_train.data import FactorGrid, Split, to_float
+from vae_train.data import FactorGrid, to_float
 from vae_train.device import DEVICE_CHECKS
 from vae_train.disentangle import expected_images, measure
+from vae_train.distributions import bits_per_dim
 from vae_train.errors import UserError
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
@@ -200,7 +201,8 @@ def print_table(result: dict, file=None) -> None:
         au = " + ".join(f"{a}/{d}" for a, d in zip(result["active_units_per_layer"], layers))
         kl = sorted(result["kl_per_dim"], reverse=True)
         rows += [
-            (f"NLL (k={result['k']})", f"{result['nll']:.2f} nats"),
+            (f"NLL (k={result['k']})", f"{result['nll']:.2f} nats" + (
+                f"  ({result['bpd']:.3f} bits/dim)" if result.get("bpd_of") == "nll" else "")),
             ("-ELBO", f"{-result['elbo']:.2f} nats  (recon {result['recon']:.2f}, "
                       f"kl {result['kl']:.2f})"),
             ("gap (-ELBO - NLL)", f"{-result['elbo'] - result['nll']:.2f} nats"),
@@ -244,7 +246,7 @@ def main(args):
         raise UserError(f"split={args.split} has {n} example; evaluation needs at least 2")
     torch.manual_seed(int(args.seed))
 
-    batches = run.data.eval_batches(Split(split.x[:n], split.y[:n]), bs)
+    batches = run.data.eval_batches(split.part(0, n), bs)
     start = time.perf_counter()
     max_batch = default_max_batch(run.device) if args.max_batch is None else int(args.max_batch)
     result = evaluate(run.model, batches, int(args.k), max_batch, float(args.threshold),
@@ -252,11 +254,17 @@ def main(args):
     result.update(split=args.split, seconds=time.perf_counter() - start,
                   checkpoint=str(args.checkpoint), epoch=run.state.get("epoch"),
                   conditional=bool(run.model.conditional), max_batch=max_batch)
+    if run.data.values == "8bit":    # bits per dimension: of the NLL, else of the -ELBO
+        source = "nll" if "nll" in result else "elbo" if "elbo" in result else None
+        if source is not None:
+            nats = result["nll"] if source == "nll" else -result["elbo"]
+            result.update(bpd=bits_per_dim(nats, run.data.shape), bpd_of=source)
     notes = []
     if run.model.conditional:
         notes.append("conditional model: nll estimates -log p(x | y)")
     if ("nll" in result and run.cfg.loss.get("likelihood") == "bernoulli"
-            and run.cfg.dataset.binarize == "none" and not _binary(split.x[:n])):
+            and run.cfg.dataset.binarize == "none"
+            and not _binary(split.read(0, n if split.in_memory else min(n, 10000)))):
         notes.append("Bernoulli likelihood of grey levels (dataset.binarize=none) is not a "
                      "normalised density: compare this nll with the classic example's loss, not "
                      "with papers (train with dataset.binarize=dynamic for that)")
@@ -278,6 +286,8 @@ def main(args):
     if "nll" in result:
         scalars.update({f"nll_k{args.k}": result["nll"], "elbo": result["elbo"],
                         "active_units": result["active_units"]})
+    if "bpd" in result:
+        scalars["bpd"] = result["bpd"]
     if "mig" in result:
         scalars.update({"mig": result["mig"], "factorvae_metric": result["factorvae_metric"]})
     tb.scalars(f"eval_{args.split}", scalars, run.step)

@@ -15,11 +15,18 @@ from torch import nn
 
 from vae_train.checks import BOOLEAN, Checked, integer, number, one_of
 from vae_train.errors import UserError
-from vae_train.distributions import BernoulliLikelihood, GaussianLikelihood
+from vae_train.distributions import (BernoulliLikelihood, DiscretizedGaussian,
+                                     DiscretizedLogisticMixture, GaussianLikelihood)
 from vae_train.models.base import OwnsObjective, schedule_terms as model_schedule_terms
 
 # Entries of an objective's dict that are settings in force (logged), not loss terms.
 SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k", "tau"})
+
+# loss.likelihood: auto picks from the data's value kind (Objective.likelihood_for).
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic_mixture", "discretized_gaussian", "auto")
+DISCRETISED = ("logistic_mixture", "discretized_gaussian")     # need 8-bit images
+VALUE_WORDS = {"unit": "real-valued (in [0, 1])", "real": "real-valued (unbounded)",
+               "binary": "binary (0/1)"}
 
 
 class Objective(Checked, nn.Module):
@@ -36,20 +43,43 @@ class Objective(Checked, nn.Module):
     """
 
     config_group = "loss"
-    checks = {"likelihood": one_of("bernoulli", "gaussian"), "sigma": number(0, low_open=True),
-              "learn_sigma": BOOLEAN}
+    checks = {"likelihood": one_of(*LIKELIHOODS), "sigma": number(0, low_open=True),
+              "learn_sigma": BOOLEAN, "mixtures": integer(1, what="an integer >= 1")}
 
     def __init__(self, likelihood: str = "bernoulli", sigma: float = 0.1,
-                 learn_sigma: bool = False):
+                 learn_sigma: bool = False, mixtures: int = 10):
         super().__init__()
         self.likelihood = likelihood
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)
+        self.mixtures = int(mixtures)
 
-    def make_likelihood(self, channels: int) -> nn.Module:
-        """p(x | z) per pixel, as the model will use it."""
-        if self.likelihood == "gaussian":
-            return GaussianLikelihood(self.sigma, self.learn_sigma, channels)
+    def likelihood_for(self, values: str) -> str:
+        """The likelihood ``loss.likelihood`` names for data of this value kind (``auto``:
+        gaussian for real-valued data, ``real`` or ``unit``; bernoulli for ``8bit`` and
+        ``binary`` images)."""
+        if self.likelihood != "auto":
+            return self.likelihood
+        return "gaussian" if values in ("real", "unit") else "bernoulli"
+
+    def make_likelihood(self, channels: int, values: str = "8bit",
+                        data_name: str = "this data set") -> nn.Module:
+        """p(x | z) per pixel, as the model will use it, for data of ``channels`` channels
+        whose values are of kind ``values`` (``DataModule.values``: 8bit, unit, real,
+        binary)."""
+        name = self.likelihood_for(values)
+        if name in DISCRETISED and values != "8bit":
+            raise UserError(f"loss.likelihood={name} needs 8-bit images; {data_name} holds "
+                            f"{VALUE_WORDS.get(values, values)} values; use "
+                            f"loss.likelihood={'bernoulli' if values == 'binary' else 'gaussian'}")
+        if name == "gaussian":
+            # unbounded data (standardised): the decoder output is the mean itself
+            return GaussianLikelihood(self.sigma, self.learn_sigma, channels,
+                                      bounded=values != "real")
+        if name == "logistic_mixture":
+            return DiscretizedLogisticMixture(self.mixtures, channels)
+        if name == "discretized_gaussian":
+            return DiscretizedGaussian(channels)
         return BernoulliLikelihood()
 
 

@@ -19,6 +19,7 @@ from vae_train.build import build
 from vae_train.config import validate
 from vae_train.device import resolve_device, wants_channels_last
 from vae_train.errors import NonFiniteError, UserError
+from vae_train.files import write_json
 from vae_train.lock import RunLock
 from vae_train.logging import TBLogger
 from vae_train.training import state
@@ -61,6 +62,11 @@ def _run(cfg: DictConfig) -> float:
     main_rank, world = distributed.is_main(), distributed.world_size()
     torch.manual_seed(int(cfg.seed))
     dm, objective, model = build(cfg, device)
+    if dm.stats is not None:   # the data set's standardisation: with the weights, and readable
+        with open_dict(cfg):
+            cfg.dataset.stats = dm.stats
+        if main_rank:
+            write_json(run_dir / "data_stats.json", dm.stats)
     if wants_channels_last(cfg.device.channels_last, model, device):
         model.to(memory_format=torch.channels_last)   # conv kernels' preferred layout on GPUs
         dm.memory_format = torch.channels_last

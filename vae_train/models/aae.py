@@ -72,7 +72,8 @@ class AAE(Model, OwnsObjective, ParameterGroups, ExtraMetrics, SampledPrior):
         self.mixture = MixturePrior() if prior == "mixture" else None
         d = math.prod(self.input_shape)
         self.encoder = mlp(d, hidden_dims, self.latent_dim, activation)
-        self.decoder = mlp(self.latent_dim, list(hidden_dims)[::-1], d, activation)
+        self.decoder = mlp(self.latent_dim, list(hidden_dims)[::-1],
+                           math.prod(self.output_shape), activation)
         self.discriminator = mlp(self.latent_dim, disc_hidden_dims, 1, activation)
 
     def parameter_groups(self) -> dict:
@@ -86,7 +87,7 @@ class AAE(Model, OwnsObjective, ParameterGroups, ExtraMetrics, SampledPrior):
         return self.encoder(x.flatten(1)).float()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).view(z.shape[0], *self.input_shape)
+        return self.decoder(z).view(z.shape[0], *self.output_shape)
 
     def prior_sample(self, n: int, generator=None) -> torch.Tensor:
         if self.mixture is not None:

@@ -64,7 +64,8 @@ class Inference(TypedDict):
     log_qz: torch.Tensor    # (k, B)    log q(z | x), every stochastic layer
     kl_dims: torch.Tensor   # (k, B, D) KL per latent dimension (analytic where it has a
                             #           closed form), D over every stochastic layer
-    x_out: torch.Tensor     # (k * B, C, H, W) decoder output (what ``likelihood.mean`` takes)
+    x_out: torch.Tensor     # (k * B, *output_shape) decoder output (what ``likelihood.mean``
+                            #           takes)
 
 
 class Stage(NamedTuple):
@@ -81,7 +82,8 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
     """Every model. Built from the ``model`` config node with the data's shape and classes;
     ``likelihood`` is p(x | z) per pixel (built from the ``loss`` node): ``log_prob(out, x)``
     in nats summed over pixels, ``mean(out)`` the mean image, where ``out`` is the decoder's
-    output, one number per pixel. ``conditional`` models take the labels y as an input."""
+    output of ``output_shape`` per example (``likelihood.param_channels(C)`` channels: C for
+    Bernoulli and Gaussian pixels, more for a mixture); decoders are built to that shape. ``conditional`` models take the labels y as an input."""
 
     config_group = "model"
     conditional: bool = False
@@ -91,6 +93,10 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
         self.input_shape = tuple(int(s) for s in input_shape)      # (C, H, W)
         self.num_classes = int(num_classes)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        # What the decoder outputs per example: the likelihood's parameters per pixel (one
+        # channel per image channel for Bernoulli and Gaussian; more for a mixture).
+        c, *rest = self.input_shape
+        self.output_shape = (int(self.likelihood.param_channels(c)), *rest)
 
     @property
     def device(self) -> torch.device:

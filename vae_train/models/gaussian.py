@@ -20,8 +20,8 @@ def repeat_batch(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
 
 class GaussianVAE(Model, LatentVariable, HasCode):
     """Subclasses set the networks behind :meth:`encoder_forward` (to 2 * latent_dim numbers:
-    mean and log-variance) and :meth:`decoder_forward` (to one number per pixel), and say
-    whether they are ``conditional``."""
+    mean and log-variance) and :meth:`decoder_forward` (to ``prod(output_shape)`` numbers:
+    the likelihood's parameters per pixel), and say whether they are ``conditional``."""
 
     checks = {"latent_dim": integer(1)}
 
@@ -31,8 +31,12 @@ class GaussianVAE(Model, LatentVariable, HasCode):
 
     # -- conditioning -------------------------------------------------------------------
     def _onehot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """The condition vector: the one-hot class of (B,) labels, or (B, A) multi-hot
+        attribute labels (dataset=celeba with attributes) as they are."""
         if y is None:
             raise ValueError(f"{type(self).__name__} is conditional: it needs class labels y")
+        if y.dim() == 2:
+            return y.to(like.dtype)
         return F.one_hot(y.long(), self.num_classes).to(like.dtype)
 
     def _y(self, y):
@@ -45,8 +49,9 @@ class GaussianVAE(Model, LatentVariable, HasCode):
         return DiagGaussian(mu, logvar)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder output (one number per pixel) for z of the first stochastic layer."""
-        return self.decoder_forward(z, self._y(y)).view(z.shape[0], *self.input_shape)
+        """Decoder output (the likelihood's parameters, ``output_shape`` per example) for z
+        of the first stochastic layer."""
+        return self.decoder_forward(z, self._y(y)).view(z.shape[0], *self.output_shape)
 
     def encoder_forward(self, x, y):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -60,7 +65,7 @@ class GaussianVAE(Model, LatentVariable, HasCode):
         q = self.encode(x, y)
         z = q.rsample(k)                                           # (k, B, D)
         out = self.decode(z.flatten(0, 1), repeat_batch(self._y(y), k))
-        log_px = self.likelihood.log_prob(out.view(k, -1, *self.input_shape), x)
+        log_px = self.likelihood.log_prob(out.view(k, -1, *self.output_shape), x)
         log_pz_dims = standard_normal_log_prob_dims(z)
         log_qz_dims = q.log_prob_dims(z)
         if analytic_kl:

@@ -80,7 +80,8 @@ class GumbelVAE(Model, LatentVariable, HasCode, Scheduled, CategoricalCode):
         d = math.prod(self.input_shape)
         code = self.num_latents * self.num_categories
         self.encoder = mlp(d, hidden_dims, code, activation)
-        self.decoder = mlp(code, list(hidden_dims)[::-1], d, activation)
+        self.decoder = mlp(code, list(hidden_dims)[::-1], math.prod(self.output_shape),
+                           activation)
 
     # -- temperature ------------------------------------------------------------------------
     def temperature(self, step: int | None) -> float:
@@ -100,8 +101,9 @@ class GumbelVAE(Model, LatentVariable, HasCode, Scheduled, CategoricalCode):
         return F.log_softmax(logits.view(len(x), self.num_latents, self.num_categories), -1)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder output (one number per pixel) for codes z of shape (B, N, K) or (B, N*K)."""
-        return self.decoder(z.reshape(z.shape[0], -1)).view(z.shape[0], *self.input_shape)
+        """Decoder output (``output_shape`` per example: the likelihood's parameters) for
+        codes z of shape (B, N, K) or (B, N*K)."""
+        return self.decoder(z.reshape(z.shape[0], -1)).view(z.shape[0], *self.output_shape)
 
     def one_hot(self, c: torch.Tensor) -> torch.Tensor:
         """Class indices (..., N) -> one-hot codes (..., N, K) as floats."""
@@ -125,7 +127,7 @@ class GumbelVAE(Model, LatentVariable, HasCode, Scheduled, CategoricalCode):
         log_q = self.log_q(x)                                      # (B, N, K)
         z = self.draw(log_q, k, step)                              # (k, B, N, K)
         out = self.decode(z.flatten(0, 1))
-        log_px = self.likelihood.log_prob(out.view(k, len(x), *self.input_shape), x)
+        log_px = self.likelihood.log_prob(out.view(k, len(x), *self.output_shape), x)
         log_qz_dims = (z * log_q).sum(-1)                          # (k, B, N)
         log_pz_dim = -math.log(self.num_categories)
         if analytic_kl:

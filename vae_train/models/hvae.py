@@ -36,7 +36,8 @@ class HVAE(GaussianVAE):
         self.encoder = mlp(d, hidden_dims, 2 * l1, activation)                # q(z1 | x)
         self.encoder2 = mlp(l1, hidden_dims2, 2 * l2, activation)             # q(z2 | z1)
         self.prior1 = mlp(l2, list(hidden_dims2)[::-1], 2 * l1, activation)   # p(z1 | z2)
-        self.decoder = mlp(l1, list(hidden_dims)[::-1], d, activation)        # p(x | z1)
+        self.decoder = mlp(l1, list(hidden_dims)[::-1], math.prod(self.output_shape),
+                           activation)                                        # p(x | z1)
 
     def encoder_forward(self, x, y):
         return self.encoder(x.flatten(1))
@@ -62,7 +63,7 @@ class HVAE(GaussianVAE):
         z2 = q2.rsample()                                   # (k, B, L2)
         p1 = self.p1(z2)
         out = self.decode(z1.flatten(0, 1))
-        log_px = self.likelihood.log_prob(out.view(k, -1, *self.input_shape), x)
+        log_px = self.likelihood.log_prob(out.view(k, -1, *self.output_shape), x)
         lq1, lq2 = q1.log_prob_dims(z1), q2.log_prob_dims(z2)
         lp1, lp2 = p1.log_prob_dims(z1), standard_normal_log_prob_dims(z2)
         # log q(z1|x) - log p(z1|z2) has no closed form (z2 is sampled); the top layer's KL

@@ -106,7 +106,8 @@ class M2(Model, OwnsObjective, LatentVariable, HasCode, ExtraMetrics, SemiSuperv
         self.dec_z = nn.Linear(zd, back[0])
         self.dec_y = _ClassEmbedding(k, back[0])
         self.dec_rest = nn.Sequential(make_activation(activation),
-                                      mlp(back[0], back[1:], d, activation))
+                                      mlp(back[0], back[1:], math.prod(self.output_shape),
+                                          activation))
 
         # set by use_labels(): the labelled subset (as stored, on the data's device) and how
         # to make a batch of it, the weight of the labelled -ELBO and that of the labelled
@@ -147,10 +148,11 @@ class M2(Model, OwnsObjective, LatentVariable, HasCode, ExtraMetrics, SemiSuperv
         return self._qz(self.enc_x(x.flatten(1)), ys)
 
     def decode(self, z: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Decoder output (one number per pixel) for z (..., D) and classes ys (...)."""
+        """Decoder output (``output_shape`` per example: the likelihood's parameters) for
+        z (..., D) and classes ys (...)."""
         h = self.dec_z(z)
         h = h + self.dec_y(ys).to(h.dtype)
-        return self.dec_rest(h).view(*z.shape[:-1], *self.input_shape)
+        return self.dec_rest(h).view(*z.shape[:-1], *self.output_shape)
 
     def _branches(self, x: torch.Tensor, ys: torch.Tensor, shared_eps: bool = False):
         """For class indices ys (S, B): q(z|x,y), one z from it, log p(x | y, z) (S, B).

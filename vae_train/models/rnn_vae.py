@@ -36,8 +36,9 @@ class RNNVAE(GaussianVAE):
         self.features = c * w
         self.encoder = SequenceEncoder(self.features, hidden_dim, num_layers,
                                        2 * self.latent_dim, cell, bidirectional)
-        self.decoder = SequenceDecoder(self.latent_dim, hidden_dim, num_layers, self.features,
-                                       cell)
+        # each step's output: the likelihood's parameters of the step's C * W values
+        self.decoder = SequenceDecoder(self.latent_dim, hidden_dim, num_layers,
+                                       self.output_shape[0] * w, cell)
         if self.is_sequence and isinstance(self.likelihood, BernoulliLikelihood):
             log.warning("rnn_vae on a sequence set with loss.likelihood=bernoulli: for "
                         "real-valued sequences (dataset=sines) the loss is a cross-entropy, not "
@@ -52,4 +53,4 @@ class RNNVAE(GaussianVAE):
         return self.encoder(to_sequence(x))
 
     def decoder_forward(self, z, y):
-        return from_sequence(self.decoder(z, self.steps), self.input_shape)
+        return from_sequence(self.decoder(z, self.steps), self.output_shape)

@@ -18,7 +18,8 @@ class VAE(GaussianVAE):
         super().__init__(input_shape, latent_dim, num_classes, likelihood)
         d = math.prod(self.input_shape)
         self.encoder = mlp(d, hidden_dims, 2 * self.latent_dim, activation)
-        self.decoder = mlp(self.latent_dim, list(hidden_dims)[::-1], d, activation)
+        self.decoder = mlp(self.latent_dim, list(hidden_dims)[::-1],
+                           math.prod(self.output_shape), activation)
 
     def encoder_forward(self, x, y):
         return self.encoder(x.flatten(1))

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vae_train.argv import SWEEP_GROUPS, override_key
+from vae_train.distributions import bits_per_dim
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.losses import SCHEDULE_TERMS
@@ -61,7 +62,10 @@ class Reporter:
     def run_end(self, tr, cfg: DictConfig, run_dir: Path, model, test: dict, best_epoch: int,
                 n_params: int, device, world: int) -> dict:
         """``metrics.json`` (rank 0), the pictures with the best weights, the test scalars
-        and the HPARAMS row; returns the metrics."""
+        and the HPARAMS row; returns the metrics. On 8-bit images the test -ELBO is also
+        given in bits per dimension (``test_bpd``)."""
+        if tr.data.values == "8bit" and "elbo" in test:
+            test = {**test, "bpd": bits_per_dim(-test["elbo"], tr.data.shape)}
         metrics = {
             **{f"test_{k}": v for k, v in test.items() if k not in SCHEDULE_TERMS},
             "best_val_loss": tr.best_val if tr.best_epoch else math.nan,
@@ -87,6 +91,8 @@ class Reporter:
                                           if k.startswith("test_") or k == "best_val_loss"},
                         tr.step)
         parts = ", ".join(f"{k} {test[k]:.2f}" for k in ("recon", "kl") if k in test)
+        if "bpd" in test:
+            parts += f"; -elbo {test['bpd']:.3f} bits/dim"
         log.info("test loss %.2f nats/example (%s) with the best weights (epoch %d); %.0f img/s",
                  metrics["test_loss"], parts, best_epoch, metrics["images_per_sec"])
         log.info("wrote %s", run_dir / "metrics.json")
