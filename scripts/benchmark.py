@@ -56,10 +56,15 @@ the numbers move by 10-20%; with another process busy on one of two cores, two O
 threads can run several times slower than one (``--threads 1``): the table says so when the
 load average was above the number of cores.
 
+``--data`` (first) measures the data paths of a folder of images instead: decode throughput
+per core, the decode cache's first and second start, and the memory-mapped path against the
+in-memory path for the conv VAE (``scripts/benchmark_data.py``, whose options follow it).
+
 Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3]
             [--device cpu|cuda|auto] [--precision 32 bf16 16] [--compile] [--train-size N]
             [--threads N] [--no-classic] [--no-cli] [--peak-size N] [--data-root DIR]
             [--dataset NAME] [--override KEY=VALUE ...] [--out outputs/benchmark.json]
+        python scripts/benchmark.py --data [benchmark_data.py's options]
 """
 
 from __future__ import annotations
@@ -601,6 +606,11 @@ def resolve(device: str) -> torch.device:
 
 
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--data"]:   # the data paths: scripts/benchmark_data.py with the rest
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import benchmark_data
+        return benchmark_data.main(argv[1:])
     args = parse_args(argv)
     device = resolve(args.device)
     args.device = device.type

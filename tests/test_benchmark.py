@@ -154,3 +154,22 @@ def test_cli_run_reads_metrics(bench, tmp_path, monkeypatch):
         cmd, 2, "", "error: model.latent_dim=0 is invalid"))
     with pytest.raises(RuntimeError, match="(?s)exited with 2.*latent_dim=0"):
         bench.run_vae_train(["model=vae"], tmp_path, "bad", {})
+
+
+@pytest.mark.slow
+def test_data_paths_rows(bench, tiny, tmp_path):
+    """--data: Fashion-MNIST written out as PNGs, decoded with 1 worker and every core, the
+    cache's first load and hit, and the conv VAE trained in memory and from the file."""
+    out = tmp_path / "data.json"
+    report = bench.main(["--data", "--images", "120", "--data-root", str(tiny), "--reps", "1",
+                         "--train-size", "60", "--epochs", "1", "--model", "vae",
+                         "--override", "model.hidden_dims=[8]", "trainer.batch_size=20",
+                         "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    d = report["decode"]
+    assert d["images"] == 120 + 20 and d["cores"] >= 1
+    assert min(d["decode_1_worker_img_per_s"], d["decode_all_cores_img_per_s"],
+               d["cache_first_load_s"], d["cache_hit_s"]) > 0
+    t = report["train"]
+    assert len(t["in_memory_img_per_s"]) == len(t["from_file_img_per_s"]) == 1
+    assert t["ratio_min"] <= t["ratio_median"] <= t["ratio_max"] and t["ratio_median"] > 0

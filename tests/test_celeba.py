@@ -168,3 +168,28 @@ def test_the_config_builds_it(tmp_path):
     assert data.shape == (3, 32, 32) and data.train_y.shape == (4, 2)
     with pytest.raises(UserError, match="dataset.attributes=5 is invalid"):
         validate(compose_cfg(["dataset=celeba", "dataset.attributes=5"]))
+
+
+def test_cvae_conditions_on_the_attribute_vector(tmp_path):
+    """model=cvae on attributes: the multi-hot vector is the condition (trains a step, a
+    different vector gives a different image, the pictures draw); m2 needs classes."""
+    from vae_train.build import build
+    from vae_train.pictures.figures import training_figures
+
+    write_celeba(tmp_path / "celeba")
+    over = ["dataset=celeba", f"dataset.root={tmp_path}", "dataset.download=false",
+            "dataset.attributes=[Smiling,Male,Young]", "dataset.image_size=16",
+            "dataset.val_size=1"]
+    dm, objective, model = build(compose_cfg(["model=cvae", *over]), torch.device("cpu"))
+    x, y = dm.train_batch(torch.arange(len(dm.train)))
+    assert y.shape == (3, 3) and model.num_classes == 3
+    terms = objective(model, x, y)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    z = torch.zeros(2, model.code_dim)
+    a, b = model.decode_code(z, torch.tensor([[1, 0, 0], [0, 1, 1]]))
+    assert a.shape == (3, 16, 16) and not torch.allclose(a, b)
+    figs = training_figures(model, x, y, n=3)
+    assert figs["class_samples"].shape[0] == 3          # one row per attribute, each alone
+    with pytest.raises(UserError, match="attribute labels .* not classes"):
+        build(compose_cfg(["model=m2", *over]), torch.device("cpu"))

@@ -194,7 +194,23 @@ def test_mixed_sizes_without_image_size_name_two_files(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "a.png" in msg and "c.png" in msg and "12x9" in msg
     assert "dataset.image_size" in msg
-    assert folder(root, image_size=8).load().shape == (3, 8, 8)    # the fix works
+    assert folder(root, image_size=8).load().shape == (1, 8, 8)    # the fix works
+
+
+def test_channels_null_follows_the_images(tmp_path):
+    """Grey files (L, 16-bit, a palette of greys) give 1 channel; one colour file among them
+    gives 3; an explicit choice wins."""
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    Image.new("L", (6, 6), 40).save(grey / "a.png")
+    Image.new("I;16", (6, 6), 5000).save(grey / "b.png")
+    p = Image.new("P", (6, 6), 1)
+    p.putpalette([0, 0, 0, 90, 90, 90] + [0] * 762)
+    p.save(grey / "c.png")
+    assert folder(grey, channels=None).load().shape == (1, 6, 6)
+    assert folder(grey, channels=3).load().shape == (3, 6, 6)
+    Image.new("RGB", (6, 6), (200, 10, 10)).save(grey / "d.png")
+    assert folder(grey, channels=None).load().shape == (3, 6, 6)
 
 
 def _truncated(path):

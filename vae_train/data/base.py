@@ -87,7 +87,8 @@ class DataSet(Checked, ABC):
     def __init__(self, name: str | None = None, train_size: int | None = None,
                  test_size: int | None = None, val_size: float = 0.1, binarize: str = "none",
                  split_seed: int = 0, binarize_seed: int = 0, labeled: int | None = None,
-                 likelihood: str | None = None, in_memory: bool | str = "auto",
+                 likelihood: str | None = None, learn_sigma: bool | None = None,
+                 in_memory: bool | str = "auto",
                  memory_share: float = 0.5):
         self.name = name or type(self).__name__.lower()
         self.train_size, self.test_size = train_size, test_size
@@ -95,6 +96,7 @@ class DataSet(Checked, ABC):
         self.split_seed, self.binarize_seed = int(split_seed), int(binarize_seed)
         self.labeled = labeled            # semi-supervised models: labels kept (None: theirs)
         self.likelihood = likelihood      # the loss.likelihood this data asks for, if any
+        self.learn_sigma = learn_sigma    # and its loss.learn_sigma, if any
         # data in a file (a decode cache, an .npy): read into memory (true), read a batch at a
         # time (false), or by size (auto: in memory below memory_share of the free memory)
         self.in_memory, self.memory_share = in_memory, float(memory_share)

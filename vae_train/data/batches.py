@@ -271,6 +271,9 @@ class DataModule:
         """``n`` training examples balanced over the classes (n / classes each, the remainder
         to the first classes), chosen with ``seed``: the labels a semi-supervised run sees."""
         k = self.num_classes
+        if self.train.y.dim() != 1:
+            raise UserError(f"{self.name} has attribute labels (multi-hot), not classes; a "
+                            "semi-supervised model needs one class per example")
         if k < 2:
             raise UserError(f"{self.name} has no class labels; a semi-supervised model needs them")
         if not (isinstance(n, int) and k <= n <= len(self.train)):

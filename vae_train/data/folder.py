@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vae_train.checks import Rule, number, optional
+from vae_train.checks import Rule, number, one_of, optional
 from vae_train.data.base import DataSet, ImageData
 from vae_train.data.decode_cache import CACHE_CHECKS, Decoded, FileStat, Preprocess, decode
 from vae_train.data.rows import Rows
@@ -146,6 +147,34 @@ def walk_images_flat(folder: Path, root: Path, others: list) -> list[FileStat]:
     return out
 
 
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+def guess_channels(root: Path, files: list[FileStat], look: int = 64) -> int:
+    """1 when every one of up to ``look`` files spread over the list is a grey image (by its
+    header, nothing decoded), else 3. A file that cannot be opened does not count."""
+    from PIL import Image
+
+    picks = sorted({int(i) for i in np.linspace(0, len(files) - 1, min(look, len(files)))})
+    for i in picks:
+        try:
+            with Image.open(root / files[i].rel) as im:
+                mode = im.mode
+                if mode == "P":       # a palette of greys is grey
+                    palette = im.getpalette() or []
+                    grey = all(palette[j] == palette[j + 1] == palette[j + 2]
+                               for j in range(0, len(palette) - 2, 3))
+                    mode = "L" if grey else "RGB"
+        except Exception:  # noqa: BLE001 - decoding reports bad files later
+            continue
+        if mode not in GREY_MODES:
+            log.info("dataset.channels=null: colour images (%s is %s): 3 channels",
+                     files[i].rel, mode)
+            return 3
+    log.info("dataset.channels=null: the images are grey: 1 channel")
+    return 1
+
+
 def seeded_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into ``labels``) of train and test: ``fraction * n_c`` (rounded, halves up)
     of each class c to test, chosen with ``seed``; at least one of each overall. Both sorted."""
@@ -175,10 +204,11 @@ class Folder(DataSet):
         "path": optional(Rule(lambda v: isinstance(v, str) and v != "",
                               "a folder of images: dataset.path=DIR")),
         "test_split": number(0, 1, low_open=True, high_open=True),
+        "channels": optional(one_of(1, 3)),
     }
 
     def __init__(self, path: str | None = None, image_size: int | None = None,
-                 resize: str = "crop", channels: int = 3, bad_files: str = "skip",
+                 resize: str = "crop", channels: int | None = None, bad_files: str = "skip",
                  test_split: float = 0.1, cache: bool = True, cache_dir: str | None = None,
                  workers: int | None = None, verify_cache: bool = True, **common):
         super().__init__(**common)
@@ -186,7 +216,9 @@ class Folder(DataSet):
             raise UserError("dataset=folder needs a folder of images: dataset.path=DIR (one "
                             "sub-folder per class for labels)")
         self.path = Path(str(path)).expanduser()
-        self.prep = Preprocess(image_size=image_size, resize=resize, channels=int(channels))
+        # channels None: chosen from the files (grey when every one looked at is grey)
+        self.channels = None if channels is None else int(channels)
+        self.prep = Preprocess(image_size=image_size, resize=resize, channels=self.channels or 3)
         self.bad_files, self.test_split = bad_files, float(test_split)
         self.cache, self.cache_dir = bool(cache), cache_dir
         self.workers, self.verify_cache = workers, bool(verify_cache)
@@ -267,6 +299,8 @@ class Folder(DataSet):
 
     def read(self) -> ImageData:
         files, labels, classes, splits = self.layout()
+        if self.channels is None:
+            self.prep = replace(self.prep, channels=guess_channels(self.path.resolve(), files))
         dec = self.decoded(files, classes)
         if splits is None:
             good = np.flatnonzero(dec.ok)
