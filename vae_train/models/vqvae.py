@@ -1,9 +1,11 @@
 """Vector-quantised VAE (van den Oord et al. 2017) with an autoregressive prior.
 
-A convolutional encoder maps an image to a grid of D-dimensional vectors z_e; each is replaced by
-its nearest entry of a codebook of K vectors (z_q), and the decoder reconstructs from z_q. The
-encoder receives the decoder's gradient straight through the quantisation. Per example, summed
-over grid positions and the D dimensions:
+A convolutional encoder (``body=plain``: strided convs; ``body=resnet``: the residual body of
+``vae_train/nets/resnet.py``; both take 28 px to a 7x7 grid by default) maps an image to a grid
+of D-dimensional vectors z_e; each is replaced by its nearest entry of a codebook of K vectors
+(z_q), and the decoder reconstructs from z_q. The encoder receives the decoder's gradient
+straight through the quantisation. Per example, summed over grid positions and the D
+dimensions:
 
     loss = -log p(x | z_q) + ||sg[z_e] - e||^2 + commitment * ||z_e - sg[e]||^2
 
@@ -26,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_train.checks import BOOLEAN, int_list, integer, number
+from vae_train.checks import BOOLEAN, int_list, integer, number, one_of
 from vae_train.errors import UserError
 from vae_train.models.base import (CodeGrid, ExtraMetrics, Model, OwnsObjective, ParameterGroups,
                                    Stage, Staged)
-from vae_train.nets import ConvDecoder, ConvEncoder
+from vae_train.nets import ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
 from vae_train.nets.mlp import ACTIVATION
 from vae_train.nets.mlp import activation as make_activation
+from vae_train.nets.resnet import BLOCKS, DOWNSAMPLES, NORM
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -95,13 +98,15 @@ class VQVAE(Model, OwnsObjective, ParameterGroups, Staged, ExtraMetrics, CodeGri
               "decay": number(0, 1, low_open=True, high_open=True),
               "restart_threshold": number(0), "prior_epochs": integer(0),
               "prior_channels": integer(1, "an integer >= 1"), "prior_layers": integer(0),
-              "activation": ACTIVATION}
+              "activation": ACTIVATION, "body": one_of("plain", "resnet"), "blocks": BLOCKS,
+              "norm": NORM, "attention": BOOLEAN, "downsamples": DOWNSAMPLES}
 
     def __init__(self, input_shape, num_codes: int = 128, code_dim: int = 32,
                  channels=(32, 64), commitment: float = 0.25, ema: bool = False,
                  decay: float = 0.99, restart_threshold: float = 0.03, prior_epochs: int = 10,
                  prior_channels: int = 64, prior_layers: int = 6, activation: str = "relu",
-                 num_classes: int = 0, likelihood=None):
+                 body: str = "plain", blocks=1, norm: str = "group", attention: bool = False,
+                 downsamples: int | None = None, num_classes: int = 0, likelihood=None):
         super().__init__(input_shape, num_classes, likelihood)
         self.num_codes, self.code_dim = int(num_codes), int(code_dim)
         self.commitment, self.ema, self.decay = float(commitment), bool(ema), float(decay)
@@ -109,13 +114,21 @@ class VQVAE(Model, OwnsObjective, ParameterGroups, Staged, ExtraMetrics, CodeGri
         self.prior_epochs = int(prior_epochs)
         self.stage = "autoencoder"
 
-        body = ConvEncoder(self.input_shape, channels, None, activation)
-        feat = body.feature_shape[0]
-        self.grid = tuple(body.feature_shape[1:])
-        self.encoder = nn.Sequential(body, nn.Conv2d(feat, self.code_dim, 1))
-        self.decoder = nn.Sequential(nn.Conv2d(self.code_dim, feat, 3, padding=1),
-                                     make_activation(activation),
-                                     ConvDecoder(body, None, self.input_shape[0], activation))
+        self.body = body
+        if body == "plain":
+            enc = ConvEncoder(self.input_shape, channels, None, activation)
+            feat = enc.feature_shape[0]
+            self.grid = tuple(enc.feature_shape[1:])
+            self.encoder = nn.Sequential(enc, nn.Conv2d(feat, self.code_dim, 1))
+            self.decoder = nn.Sequential(nn.Conv2d(self.code_dim, feat, 3, padding=1),
+                                         make_activation(activation),
+                                         ConvDecoder(enc, None, self.output_shape[0], activation))
+        else:   # the residual body, its last 1x1 conv to the code vectors
+            self.encoder = ResNetEncoder(self.input_shape, channels, None, self.code_dim,
+                                         blocks=blocks, norm=norm, act=activation,
+                                         attention=attention, downsamples=downsamples)
+            self.grid = tuple(self.encoder.feature_shape[1:])
+            self.decoder = ResNetDecoder(self.encoder, None, self.output_shape[0])
         self.codebook = nn.Parameter(
             torch.empty(self.num_codes, self.code_dim).uniform_(-1 / self.num_codes,
                                                                  1 / self.num_codes),
@@ -198,8 +211,14 @@ class VQVAE(Model, OwnsObjective, ParameterGroups, Staged, ExtraMetrics, CodeGri
     # -- the objective ------------------------------------------------------------------------
     def loss_terms(self, x, y=None, step=None, train=True, phase=None) -> dict:
         if phase == "prior":
-            with torch.no_grad():
+            # the encoder is frozen in this stage: in evaluation mode, so that BatchNorm
+            # (norm=batch) neither normalises by the batch nor moves its running statistics
+            training = self.encoder.training
+            self.encoder.eval()
+            try:
                 idx = self.codes(x)
+            finally:
+                self.encoder.train(training)
             nll = self.prior.nll(idx).mean()
             if train:
                 self.prior_steps += 1
