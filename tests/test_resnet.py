@@ -214,10 +214,19 @@ def test_the_configs_choose_the_bodies():
     for bad, key in (("model.body=dense", "model.body"), ("model.norm=layer", "model.norm"),
                      ("model.blocks=-1", "model.blocks"), ("model.downsamples=0",
                                                            "model.downsamples"),
-                     ("model.attention=maybe", "model.attention")):
+                     ("model.attention=maybe", "model.attention"),
+                     ("model.blocks=[1,-1]", "model.blocks"), ("model.blocks=[]", "model.blocks")):
         for model in ("conv_vae", "cvae", "vqvae"):
             with pytest.raises(UserError, match=f"^{key}="):
                 validate(compose_cfg([f"model={model}", bad]))
+
+
+def test_blocks_per_resolution_from_the_command_line(tmp_path):
+    over = ["model=conv_vae", "model.blocks=[0,2]", "dataset=synthetic", "dataset.num_train=100",
+            "dataset.image_size=64"]
+    validate(compose_cfg(over))
+    encoder = make_trainer(over, tmp_path).model.encoder
+    assert encoder.blocks == [0, 2, 2] and encoder.widths == [32, 64, 64]
 
 
 # The conv_vae node vae-train 0.1 saved with a run, and the weights it built.

@@ -12,7 +12,7 @@ The decoder mirrors it: at each resolution on the way up the same blocks, then a
 3x3 convolution of stride 2 back to exactly the side the encoder saw, the last one to the
 output channels.
 
-``norm`` is ``group`` (GroupNorm with about 4 channels a group, at most 8 groups: the same in
+``norm`` is ``group`` (GroupNorm: at most 8 groups, at least 4 channels each; the same in
 training and evaluation), ``batch`` (BatchNorm) or ``none``.
 """
 
@@ -31,8 +31,8 @@ from vae_train.nets.mlp import activation
 NORMS = ("group", "batch", "none")
 # The rules of the options a model with this body passes on (see vae_train.checks).
 NORM = one_of(*NORMS)
-BLOCKS = Rule(lambda v: is_int(v) and v >= 0 if not isinstance(v, (list, tuple))
-              else len(v) > 0 and all(is_int(b) and b >= 0 for b in v),
+BLOCKS = Rule(lambda v: v >= 0 if is_int(v) else (not isinstance(v, str) and len(v) > 0
+                                                   and all(is_int(b) and b >= 0 for b in v)),
               "an integer >= 0 or a non-empty list of them (one per resolution)")
 DOWNSAMPLES = optional(integer(1))
 # The automatic choice halves the side until the shorter side is at most this many pixels.
