@@ -60,3 +60,39 @@ def test_an_old_run_resumes_to_the_same_test_loss_and_trains_on(old_run, tmp_pat
     assert m["epoch"] == 4 and m["history"][:3] == before["history"]
     assert "_target_: vae_train.data.synthetic.Synthetic" in \
         (old_run / ".hydra" / "config.yaml").read_text()
+
+
+def test_model_overrides_rebuild_the_saved_node():
+    from vae_train.compat import model_overrides
+
+    node = {"_target_": "vae_train.models.conv_vae.ConvVAE", "latent_dim": 32,
+            "channels": [32, 64], "hidden_dim": 256, "activation": "relu"}
+    assert model_overrides({"model": node}) == [
+        "++model.latent_dim=32", "++model.channels=[32,64]", "++model.hidden_dim=256",
+        "++model.activation='relu'", "++model.body=plain"]
+    assert "++model.body=plain" not in model_overrides({"model": {**node, "body": "resnet"}})
+    assert model_overrides({}) == [] and model_overrides(None) == []
+
+
+@pytest.mark.slow
+def test_a_conv_vae_run_of_the_strided_body_resumes_after_the_default_changed(tmp_path):
+    """A conv_vae trained before the residual body became the default: its checkpoint's
+    config has no ``body`` key and its overrides do not name the body. Resume rebuilds the
+    model as it was saved (plain body, relu, 32 latents), not from today's YAML."""
+    import torch
+
+    run = tmp_path / "run"
+    run_cli(["model=conv_vae", "model.body=plain", "model.activation=relu",
+             "model.latent_dim=32", "dataset=synthetic", "dataset.num_train=300",
+             "dataset.num_test=60", "trainer.epochs=1", "trainer.batch_size=50",
+             "trainer.progress=false", "device=cpu", f"hydra.run.dir={run}"], tmp_path)
+    for name in ("last.pt", "best.pt"):       # as an older version wrote it
+        path = run / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        del state["config"]["model"]["body"]
+        state["overrides"] = [o for o in state["overrides"] if not o.startswith("model.")]
+        torch.save(state, path)
+    proc = run_cli([f"resume={run}", "trainer.epochs=2"], tmp_path)
+    assert "resumed from" in proc.stderr and "epoch 2/2" in proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epoch"] == 2

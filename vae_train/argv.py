@@ -66,6 +66,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     with followed by the new ones (later wins), running in the checkpoint's run directory (a
     new one when the checkpoint was copied out of it)."""
     from vae_train import checkpoint
+    from vae_train.compat import model_overrides
 
     resume = [a for a in argv if override_key(a) == "resume"]
     if not resume or unquote(resume[-1].split("=", 1)[1]) in ("", "null"):
@@ -75,10 +76,12 @@ def resume_argv(argv: list[str]) -> list[str]:
     run_dir, ckpt = find_run(resume[-1].split("=", 1)[1])
     # How the sweep was run (launcher, search, preset) is not part of the run: a resume is one
     # run in this process, and must not need the plugins that launched it.
-    saved = [o for o in checkpoint.load(ckpt).get("overrides", [])
-             if override_key(o) not in SWEEP_GROUPS]
+    state = checkpoint.load(ckpt)
+    saved = [o for o in state.get("overrides", []) if override_key(o) not in SWEEP_GROUPS]
+    # the model as it was built, whatever its YAML says now (vae_train.compat)
+    pinned = model_overrides(state.get("config"))
     merged: dict[str, str] = {}
-    for o in [*saved, *(a for a in argv if "=" in a and not a.startswith("-"))]:
+    for o in [*saved, *pinned, *(a for a in argv if "=" in a and not a.startswith("-"))]:
         merged[override_key(o)] = o
     merged["resume"] = f"resume={quote(ckpt)}"
     if run_dir is not None:
