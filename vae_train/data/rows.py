@@ -52,7 +52,9 @@ class Rows:
             idx = idx.cpu().numpy()
         if idx is None:
             return np.arange(len(self.base)) if self.index is None else self.index
-        pos = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, np.int64)
+        # a slice: only its own positions (not an arange of every row, per batch)
+        pos = (np.arange(*idx.indices(len(self))) if isinstance(idx, slice)
+               else np.asarray(idx, np.int64))
         return pos if self.index is None else self.index[pos]
 
     def __getitem__(self, idx) -> Rows:
