@@ -167,16 +167,16 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_pa
 SLOW_SECOND_SAVE = """
 import time
 import vae_train.checkpoint as checkpoint
-_write, _calls = checkpoint.atomic_write, [0]
-def slow(path, write):
+_write, _calls = checkpoint.write_bytes, [0]
+def slow(path, data):
     _calls[0] += 1
     if _calls[0] == 2:      # epoch 2's last.pt: write the temporary file, then stall
         with open(checkpoint.Path(path).with_name(".last.pt.tmp"), "wb") as f:
-            write(f)
+            f.write(data)
         open(checkpoint.Path(path).with_name("stalled"), "w").close()
         time.sleep(60)
-    _write(path, write)
-checkpoint.atomic_write = slow
+    _write(path, data)
+checkpoint.write_bytes = slow
 """
 
 

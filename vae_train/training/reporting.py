@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_train.argv import SWEEP_GROUPS, override_key
 from vae_train.distributions import bits_per_dim
+from vae_train.errors import UserError
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.losses import SCHEDULE_TERMS
@@ -100,11 +101,17 @@ class Reporter:
 
     @staticmethod
     def failed(tr, run_dir: Path, error) -> None:
-        """``metrics.json`` of a run a non-finite value stopped: where and what."""
-        write_json(run_dir / "metrics.json", {
-            "status": "failed", "error": str(error), "failed_step": error.step,
-            "failed_term": error.term, "epoch": tr.epoch, "steps": tr.step,
-            "skipped_steps": tr.skipped_steps, "history": tr.history})
+        """``metrics.json`` of a run a non-finite value or the disk stopped: where and what.
+        Best effort: on a full disk even this small file may not fit (the message is said on
+        the console and in train.log either way)."""
+        record = {"status": "failed", "error": str(error), "epoch": tr.epoch, "steps": tr.step,
+                  "skipped_steps": tr.skipped_steps, "history": tr.history}
+        if hasattr(error, "step"):
+            record.update(failed_step=error.step, failed_term=error.term)
+        try:
+            write_json(run_dir / "metrics.json", record)
+        except UserError:
+            pass
 
 
 def hparams_of(cfg: DictConfig) -> dict:
