@@ -20,6 +20,8 @@ from vae_train.patches import fix_hydra_now
 
 # Config groups that say how a sweep runs, not what a run is.
 SWEEP_GROUPS = ("launcher", "search", "sweep")
+# Keys that hold for one command only: never kept in a checkpoint for resume=.
+COMMAND_LINE_ONLY = ("resume", "overwrite", "trust_run_code")
 
 
 def override_key(override: str) -> str:
@@ -65,7 +67,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     """Rewrite a command line with ``resume=PATH`` into the overrides the checkpoint was trained
     with followed by the new ones (later wins), running in the checkpoint's run directory (a
     new one when the checkpoint was copied out of it)."""
-    from vae_train import checkpoint
+    from vae_train import checkpoint, rundir, trust
     from vae_train.compat import model_overrides
 
     resume = [a for a in argv if override_key(a) == "resume"]
@@ -75,9 +77,18 @@ def resume_argv(argv: list[str]) -> list[str]:
         raise UserError("resume= continues one run; it cannot be combined with -m/--multirun")
     run_dir, ckpt = find_run(resume[-1].split("=", 1)[1])
     # How the sweep was run (launcher, search, preset) is not part of the run: a resume is one
-    # run in this process, and must not need the plugins that launched it.
+    # run in this process, and must not need the plugins that launched it. Nor are the
+    # flags that only this command line may give (a checkpoint cannot trust itself).
     state = checkpoint.load(ckpt)
-    saved = [o for o in state.get("overrides", []) if override_key(o) not in SWEEP_GROUPS]
+    trusted = any(override_key(a) == "trust_run_code" and
+                  unquote(a.split("=", 1)[1]).lower() == "true" for a in argv if "=" in a)
+    where = f"checkpoint {ckpt}"
+    trust.check_config(state.get("config") or {}, where, trusted)
+    trust.check_overrides(state.get("overrides", []), where, trusted)
+    if run_dir is not None:
+        rundir.check_checkpoint_belongs(run_dir, ckpt, state)
+    saved = [o for o in state.get("overrides", []) if override_key(o) not in SWEEP_GROUPS
+             and override_key(o) not in COMMAND_LINE_ONLY]
     # the model as it was built, whatever its YAML says now (vae_train.compat)
     pinned = model_overrides(state.get("config"))
     merged: dict[str, str] = {}
@@ -115,7 +126,7 @@ def kept_for_resume(task: list[str], hydra_overrides: list[str]) -> list[str]:
     """The overrides a checkpoint keeps for ``resume=``: the command line's, without
     ``resume=`` itself, and the search path of the user's own configs (a model or data set of
     their own must be found again)."""
-    return ([o for o in task if override_key(o) != "resume"]
+    return ([o for o in task if override_key(o) not in COMMAND_LINE_ONLY]
             + [o for o in hydra_overrides if override_key(o) == "hydra.searchpath"])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from vae_train import checks
-from vae_train.checks import integer
+from vae_train.checks import BOOLEAN, integer
 from vae_train.device import DEVICE_CHECKS
 from vae_train.training.optim import OPTIMIZER_CHECKS, SCHEDULE_CHECKS
 from vae_train.training.trainer import TRAINER_CHECKS
@@ -19,7 +19,7 @@ FIXED_RULES = {
     "optimizer.lr_schedule": SCHEDULE_CHECKS,
     "trainer": TRAINER_CHECKS,
     "device": DEVICE_CHECKS,
-    "": {"seed": integer(0)},
+    "": {"seed": integer(0), "overwrite": BOOLEAN, "trust_run_code": BOOLEAN},
 }
 
 

@@ -186,3 +186,130 @@ def fast_linears(model):
     finally:
         for m in patched:
             del m.forward
+
+
+# -- Hydra's record of a run ---------------------------------------------------------------------
+# What <run dir>/.hydra/*.yaml held before Hydra rewrote them in this process (None: no file).
+HYDRA_BACKUPS: dict[str, bytes | None] = {}
+
+
+def keep_hydra_backups() -> bool:
+    """Hydra writes a job's ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``
+    before the job runs (hydra-core 1.x, ``hydra.core.utils._save_config``), so a job that is
+    then refused (its directory holds another run's results, or another process's) would have
+    rewritten that run's record. Keep what the files held, so :func:`restore_hydra_files`
+    puts it back. Returns whether the hook is in place."""
+    import hydra.core.utils as hydra_utils
+
+    save = getattr(hydra_utils, "_save_config", None)
+    if save is None or getattr(save, "keeps_backups", False):
+        return save is not None
+
+    @functools.wraps(save)
+    def saving(cfg, filename, output_dir):
+        from pathlib import Path
+
+        path = Path(output_dir) / str(filename)
+        try:
+            HYDRA_BACKUPS.setdefault(str(path), path.read_bytes() if path.is_file() else None)
+        except OSError:
+            pass
+        return save(cfg, filename, output_dir)
+
+    saving.keeps_backups = True
+    hydra_utils._save_config = saving
+    return True
+
+
+def restore_hydra_files(run_dir) -> None:
+    """Put back ``<run_dir>/.hydra/*.yaml`` as they were before this process wrote them."""
+    from pathlib import Path
+
+    folder = Path(run_dir) / ".hydra"
+    for name, data in list(HYDRA_BACKUPS.items()):
+        path = Path(name)
+        if path.parent != folder:
+            continue
+        try:
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(data)
+        except OSError:
+            pass
+        HYDRA_BACKUPS.pop(name, None)
+
+
+# -- Hydra's own error messages ------------------------------------------------------------------
+def one_line(text: str) -> str:
+    """Hydra's multi-line message (a bad override, an unknown key or option) as one line: its
+    lines joined, options listed with commas, without the config search path and the
+    pointers to HYDRA_FULL_ERROR and the grammar's web page."""
+    text = str(text).split("Config search path:")[0]
+    out: list[str] = []
+    listing = False
+    for ln in (ln.strip() for ln in text.splitlines()):
+        if not ln or "HYDRA_FULL_ERROR" in ln or ln.startswith(("See https://", "full_key:",
+                                                               "object_type=")) \
+                or set(ln) <= {"^", " "}:
+            continue
+        if ln.startswith("Available options in"):
+            out.append(ln.rstrip(":").replace("Available", "available") + ":")
+            listing = True
+        elif listing and " " not in ln:
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + ln
+        else:
+            listing = False
+            out.append(ln.rstrip("."))
+    return "; ".join(dict.fromkeys(out)) or "the command line could not be composed"
+
+
+def one_line_hydra_errors() -> bool:
+    """hydra-core 1.x prints what goes wrong before a job runs (an override it cannot parse,
+    a key or option that does not exist) over several lines, or as a stack trace for an
+    error it does not expect, and exits with status 1. Print one line, ``error: ...``, and exit
+    with status 2 like every other error of the user's; ``HYDRA_FULL_ERROR=1`` still shows
+    Hydra's own report. Returns whether the patch is in place."""
+    import os
+    import sys
+
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import OverrideParseException
+
+    report = getattr(hydra_utils, "run_and_report", None)
+    if report is None or getattr(report, "one_line", False):
+        return report is not None
+
+    @functools.wraps(report)
+    def run_and_report(func):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return report(func)
+        try:
+            return func()
+        except Exception as ex:  # noqa: BLE001 - what Hydra would have printed, in one line
+            cause = ex.__cause__
+            text = one_line(f"{ex}\n{cause}" if cause is not None and str(cause) not in str(ex)
+                            else str(ex))
+            if isinstance(ex, OverrideParseException):
+                bad = [a for a in sys.argv[1:] if "=" in a and _unparsable(a)]
+                text = f"cannot parse {bad[0]!r} ({text}); see Hydra's override grammar" \
+                    if bad else f"{text}; see Hydra's override grammar"
+            if not isinstance(ex, hydra_utils.CompactHydraException) and \
+                    type(ex).__name__ not in text:
+                text = f"{type(ex).__name__}: {text}"
+            print(f"error: {text}", file=sys.stderr)
+            sys.exit(2)
+
+    run_and_report.one_line = True
+    hydra_utils.run_and_report = run_and_report
+    return True
+
+
+def _unparsable(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:  # noqa: BLE001
+        return True
+    return False

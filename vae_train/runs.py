@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vae_train import CONFIG_DIR, checkpoint
+from vae_train import CONFIG_DIR, checkpoint, patches, trust
 from vae_train import argv as argv_mod
 from vae_train.compat import upgrade_config
 from vae_train.data import DataModule
 from vae_train.device import resolve_device
-from vae_train.errors import UserError
+from vae_train.errors import UserError, first_line
 
 log = logging.getLogger("vae_train")
 
@@ -59,6 +60,17 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
+            except (MemoryError, torch.OutOfMemoryError) as e:
+                print(f"error: out of memory ({first_line(e)}); lower batch_size/max_batch "
+                      "or the counts asked for", file=sys.stderr)
+                sys.exit(1)
+            except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on demand
+                if os.environ.get("VAE_TRAIN_TRACEBACK"):
+                    raise
+                print(f"error: {first_line(e)} (an unexpected error; run with "
+                      "VAE_TRAIN_TRACEBACK=1 to see where, and please report it)",
+                      file=sys.stderr)
+                sys.exit(1)
 
         @functools.wraps(fn)
         def main(args: list[str] | None = None):
@@ -69,6 +81,7 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)
+            patches.one_line_hydra_errors()
             saved = sys.argv
             sys.argv = [saved[0], *args]
             try:
@@ -108,10 +121,11 @@ class LoadedRun:
 
 
 def load_run(run: str, which: str = "best", device: str = "auto",
-             data_root: str | None = None) -> LoadedRun:
+             data_root: str | None = None, trust_run_code: bool = False) -> LoadedRun:
     """A trained run: its config, data (same splits), model with the chosen checkpoint's
     weights (``best``, ``last`` or a path to a .pt file), on the chosen device; ``data_root``
-    replaces the data set's root (data moved since training)."""
+    replaces the data set's root (data moved since training). The run may name only
+    vae-train's own classes unless ``trust_run_code`` (:mod:`vae_train.trust`)."""
     from vae_train.build import build  # the same construction as training
 
     run_dir = Path(run).expanduser()
@@ -127,23 +141,42 @@ def load_run(run: str, which: str = "best", device: str = "auto",
                             "(or pick one with checkpoint=best|last|PATH)")
     state = checkpoint.load(ckpt)
     saved = run_dir / ".hydra" / "config.yaml"
-    run_target = (OmegaConf.select(OmegaConf.load(saved), "model._target_", default=None)
-                  if saved.is_file() else None)
+    try:
+        run_cfg = OmegaConf.load(saved) if saved.is_file() else None
+        run_target = (OmegaConf.select(run_cfg, "model._target_", default=None)
+                      if OmegaConf.is_dict(run_cfg) else None)
+    except Exception as e:  # noqa: BLE001 - a damaged config.yaml: the checkpoint's config rules
+        log.warning("cannot read %s (%s); using the config saved in the checkpoint", saved,
+                    first_line(e))
+        run_cfg = run_target = None
+    if "config" not in state and not OmegaConf.is_dict(run_cfg):
+        raise UserError(f"run={run}: neither {ckpt} nor {saved} holds a readable config")
+    trust.check_config(state.get("config") or OmegaConf.to_container(run_cfg, resolve=False),
+                       f"run {run}", trust_run_code)
     if run_target and state.get("model_target") and state["model_target"] != run_target:
         raise UserError(f"checkpoint {ckpt} holds a different model ({state['model_target']}) "
                         f"than run {run} ({run_target}); give the checkpoint's own run "
                         "directory as run=")
     # The config saved with the weights is the one that built them (a later, failed resume
     # may have rewritten .hydra/config.yaml).
-    cfg = upgrade_config(OmegaConf.create(state["config"]) if "config" in state
-                         else OmegaConf.load(saved))
+    try:
+        cfg = upgrade_config(OmegaConf.create(state["config"]) if "config" in state
+                             else run_cfg)
+    except Exception as e:  # noqa: BLE001 - keys OmegaConf refuses
+        raise UserError(f"run={run}: the config in {ckpt} is damaged: {first_line(e)}") from None
     if data_root is not None:
         if "root" not in cfg.dataset:
             raise UserError(f"dataset.root= given, but {cfg.dataset.name} is generated, not read")
         cfg.dataset.root = str(data_root)
     dev, _ = resolve_device(OmegaConf.create({"type": device, "precision": 32}))
     torch.manual_seed(int(cfg.get("seed", 0)))
-    dm, objective, model = build(cfg, dev)
+    try:
+        dm, objective, model = build(cfg, dev, memory="weights")
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a config that no longer builds (edited, damaged)
+        raise UserError(f"run={run}: its config does not build a model: {first_line(e)}"
+                        ) from None
     checkpoint.load_model_state(model, state, ckpt)
     model.eval()
     log.info("loaded %s (epoch %s) of %s on %s", ckpt.name, state.get("epoch"), run_dir, dev)

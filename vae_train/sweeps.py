@@ -41,6 +41,16 @@ def record_failure(exc: BaseException) -> float:
     return math.nan
 
 
+def refused(exc: BaseException) -> float:
+    """In a sweep, a job whose run directory is not its own (another run's results, another
+    process's lock): said on the console, listed at the end, nothing written into it."""
+    run_dir = HydraConfig.get().runtime.output_dir
+    if distributed.is_main():
+        log.error("error: %s (the sweep goes on)", exc)
+        FAILED.append((str(run_dir), str(exc).splitlines()[0]))
+    return math.nan
+
+
 class SweepFailures(Callback):
     """At the end of a multirun, collect the jobs of this sweep that wrote ``failed.json``.
     It reads the files, so it works whatever launcher ran the jobs (in this process, in
@@ -69,8 +79,8 @@ def report_failures() -> None:
         return
     import sys
 
-    print(f"error: {len(FAILED)} sweep job(s) failed (each has a failed.json with the reason; "
-          "the others finished):", file=sys.stderr)
+    print(f"error: {len(FAILED)} sweep job(s) failed or were refused (a failed job has a "
+          "failed.json with the reason; the others finished):", file=sys.stderr)
     for run_dir, reason in FAILED:
         print(f"  {run_dir}: {reason}", file=sys.stderr)
     sys.exit(1)

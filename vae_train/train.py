@@ -12,15 +12,15 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vae_train import CONFIG_DIR, argv, distributed, launchers, sweeps
+from vae_train import CONFIG_DIR, argv, distributed, launchers, patches, rundir, sweeps, trust
 from vae_train.build import build
 from vae_train.config import validate
 from vae_train.device import resolve_device, wants_channels_last
-from vae_train.errors import NonFiniteError, UserError
-from vae_train.files import write_json
-from vae_train.lock import RunLock
+from vae_train.errors import NonFiniteError, UserError, first_line
+from vae_train.files import DiskError, write_json
+from vae_train.lock import RunDirInUse, RunLock
 from vae_train.logging import TBLogger
 from vae_train.training import state
 from vae_train.training.reporting import Reporter
@@ -51,12 +51,23 @@ def run(cfg: DictConfig) -> float:
             lock.release()
 
 
+def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run names only classes it may build (vae_train.trust); a fresh one does not
+    train over another run's results (vae_train.rundir)."""
+    if cfg.get("resume"):
+        trust.check_config(OmegaConf.to_container(cfg, resolve=False), f"resume={cfg.resume}",
+                           bool(cfg.get("trust_run_code", False)))
+    elif distributed.is_main():
+        rundir.refuse_fresh_start(run_dir, bool(cfg.get("overwrite", False)))
+
+
 def _run(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _check_run_dir(cfg, run_dir)
     validate(cfg)
     if "root" in cfg.dataset:  # saved with the checkpoint: evaluate/sample work from anywhere
         with open_dict(cfg):
             cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     device, amp_dtype = resolve_device(cfg.device)
     device = distributed.place(device)   # several processes: cuda:<local rank>
     main_rank, world = distributed.is_main(), distributed.world_size()
@@ -86,10 +97,12 @@ def _run(cfg: DictConfig) -> float:
         trainer.overrides = argv.kept_for_resume(list(hc.overrides.task), list(hc.overrides.hydra))
         if cfg.resume:
             trainer.restore(Path(cfg.resume))
+            if main_rank and trainer.epoch < trainer.total_epochs:
+                rundir.set_evaluations_aside(run_dir)
         try:
             trainer.fit()
-        except NonFiniteError as e:   # the failure, where and what, for the user and the report
-            if main_rank:
+        except (NonFiniteError, DiskError) as e:   # the failure, where and what, for the user
+            if main_rank:                          # and the report
                 Reporter.failed(trainer, run_dir, e)
             raise
         best_epoch = state.load_best(trainer)
@@ -108,6 +121,14 @@ def _hydra_main(cfg: DictConfig) -> float:
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
+    except (rundir.RunDirRefused, RunDirInUse) as e:
+        # another run's directory: nothing may be written into it, not even into its log
+        _console_only()
+        patches.restore_hydra_files(HydraConfig.get().runtime.output_dir)
+        if sweeping:
+            return sweeps.refused(e)
+        log.error("error: %s", e)
+        sys.exit(2)
     except UserError as e:
         if sweeping:
             return sweeps.record_failure(e)
@@ -116,21 +137,88 @@ def _hydra_main(cfg: DictConfig) -> float:
     except Exception as e:  # noqa: BLE001 - a crash in one sweep job (out of memory, ...)
         if sweeping:
             return sweeps.record_failure(e)
-        raise
+        _unexpected(e)
+
+
+def _console_only() -> None:
+    """Detach the log file handlers (the run directory's train.log) of this process."""
+    for handler in list(logging.root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logging.root.removeHandler(handler)
+            handler.close()
+
+
+def _unexpected(e: BaseException) -> None:
+    """One line for the user (the traceback goes to the run's train.log), exit status 1."""
+    import os
+    import traceback
+
+    if os.environ.get("VAE_TRAIN_TRACEBACK"):
+        raise e
+    file_log = logging.getLogger("vae_train.traceback")
+    files = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
+    for h in files:
+        h.handle(file_log.makeRecord(file_log.name, logging.ERROR, __file__, 0,
+                                     traceback.format_exc(), None, None))
+    where = f"; the traceback is in {files[0].baseFilename}" if files else ""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        print(f"error: out of memory ({first_line(e)}); lower trainer.batch_size or the "
+              f"model's size{where}", file=sys.stderr)
+    else:
+        print(f"error: {first_line(e)} (an unexpected error{where}; please report it)",
+              file=sys.stderr)
+    sys.exit(1)
 
 
 def main() -> None:
+    logging.raiseExceptions = False   # a log line that cannot be written (a full disk) is lost,
+    patches.keep_hydra_backups()      # not a traceback
+    patches.one_line_hydra_errors()
     try:
         launchers.check(sys.argv[1:])
         args = argv.sweep_argv(argv.resume_argv(argv.absolute_searchpath(sys.argv[1:])))
         sys.argv = [sys.argv[0], *argv.join_processes(args)]
+        if distributed.is_main():
+            _before_hydra(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was written", file=sys.stderr)
+        sys.exit(130)
     try:
         _main()
+    except KeyboardInterrupt:   # (inside training, the trainer says where it stopped)
+        print("interrupted before training started; start the run again", file=sys.stderr)
+        sys.exit(130)
     finally:
         distributed.close()
+
+
+def _before_hydra(args: list[str]) -> None:
+    """A run directory named on the command line (``hydra.run.dir=``, or by ``resume=``) that
+    another process uses, or that holds another run's results, is refused before Hydra
+    writes its config or log into it; so is a sweep directory (``hydra.sweep.dir=``) that
+    holds a finished sweep (Hydra would rewrite its ``multirun.yaml``)."""
+    given = {argv.override_key(a): argv.unquote(a.split("=", 1)[1]) for a in args if "=" in a}
+    overwrite = given.get("overwrite", "false").lower() == "true"
+    if argv.multirun(args):
+        sweep_dir = given.get("hydra.sweep.dir")
+        if sweep_dir and (Path(sweep_dir) / "multirun.yaml").is_file() and not overwrite:
+            done = [d for d in sorted(Path(sweep_dir).iterdir())
+                    if d.is_dir() and rundir.results(d)]
+            if done:
+                raise rundir.RunDirRefused(
+                    f"sweep directory {sweep_dir} holds a sweep whose runs have results "
+                    f"({len(done)} of them, e.g. {done[0].name}); nothing was changed. Sweep "
+                    "into another hydra.sweep.dir, or replace them with overwrite=true")
+        return
+    run_dir = argv.run_dir_of(args)
+    if not run_dir or not Path(run_dir).is_dir():
+        return
+    RunLock(run_dir).refuse_if_held()
+    if given.get("resume") in (None, "", "null") and not overwrite:
+        rundir.refuse_fresh_start(run_dir, False)
 
 
 def _main() -> None:

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vae_train import checkpoint, distributed
+from vae_train.errors import UserError, first_line
 from vae_train.files import atomic_copy
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def save_partial(tr, epoch: int, batch: int, perm, sums, seconds: float) -> None
                                 "examples": tr.epoch_examples})
     state = state_dict(tr)
     state["partial_epoch"] = {"epoch": epoch, "batch": batch, "perm": perm.cpu(),
-                              "world": tr.world, "ranks": ranks, "seconds": seconds}
+                              "world": tr.world, "ranks": ranks, "seconds": seconds,
+                              "global_batch": tr.global_batch}
     save(tr, state, "last.pt")
 
 
@@ -90,15 +92,35 @@ STORAGE_KEYS = frozenset({"_target_", "root", "download", "in_memory", "memory_s
                           "cache_dir", "workers", "stats"})
 
 
+# What resume needs beyond what every checkpoint holds.
+RESUME_FIELDS = ("epoch", "step", "best_val_loss", "best_epoch", "history", "train_time",
+                 "train_images", "rng")
+
+
 def restore(tr, path: Path) -> None:
     """Continue trainer ``tr`` from a checkpoint; optimizer settings of the current config
-    apply on top."""
+    apply on top. A checkpoint without what resume needs, or whose states do not load, is one
+    line naming it."""
     state = checkpoint.load(path)
+    missing = [k for k in RESUME_FIELDS if k not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} cannot be resumed: it has no {', '.join(missing)} "
+                        "(it holds weights only; evaluate and sample can use it)")
+    try:
+        _restore(tr, path, state)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path} cannot be resumed: {first_line(e)}") from None
+
+
+def _restore(tr, path: Path, state: dict) -> None:
     checkpoint.load_model_state(tr.model, state, path)
     tr.objective.load_state_dict(state.get("objective", {}))
     old_data = state.get("config", {}).get("dataset")
     new_data = OmegaConf.to_container(tr.cfg.dataset, resolve=True)
-    if old_data is not None and old_data != new_data:
+    changed = []
+    if isinstance(old_data, dict) and old_data != new_data:
         changed = sorted(k for k in set(old_data) | set(new_data)
                          if old_data.get(k) != new_data.get(k) and k not in STORAGE_KEYS)
         if changed:
@@ -115,6 +137,13 @@ def restore(tr, path: Path) -> None:
     tr.skipped_steps = int(state.get("skipped_steps", 0))
     tr.amp_skipped_steps = int(state.get("amp_skipped_steps", 0))
     tr.partial = state.get("partial_epoch")
+    if tr.partial is not None:
+        why = _cannot_continue(tr, tr.partial, state, changed)
+        if why:
+            log.warning("epoch %d stopped after batch %d; it cannot continue where it stopped "
+                        "(%s), so it restarts from its beginning (its steps so far stay in the "
+                        "weights)", int(tr.partial["epoch"]), int(tr.partial["batch"]), why)
+            tr.partial = None
     saved_world = int(state.get("world_size", 1))
     ranks = state["rng"].get("ranks") or [state["rng"]]
     if saved_world == tr.world:
@@ -131,6 +160,30 @@ def restore(tr, path: Path) -> None:
                         "position is counted in batches of %d processes)", saved_world)
             tr.partial = None
     log.info("resumed from %s at epoch %d, step %d", path, tr.epoch, tr.step)
+
+
+def _cannot_continue(tr, partial: dict, state: dict, data_changed: list[str]) -> str:
+    """Why the rest of a stopped epoch cannot be trained as it would have been ('' if it
+    can): its order of examples is a permutation of the old training set in batches of the
+    old size."""
+    n_then, n_now = len(partial["perm"]), len(tr.data.train)
+    if n_then != n_now:
+        return f"the training set has {n_now} examples now, {n_then} then"
+    saved_cfg = state.get("config") or {}
+    then = partial.get("global_batch")
+    if then is None:   # (a checkpoint of an earlier 0.2)
+        try:
+            then = int(saved_cfg["trainer"]["batch_size"]) * int(partial.get("world", 1))
+        except (KeyError, TypeError, ValueError):
+            then = None
+    if then is not None and int(then) != tr.global_batch:
+        return (f"{int(then)} examples per step then, {tr.global_batch} now "
+                "(trainer.batch_size changed)")
+    if data_changed:
+        return "the data settings changed: dataset." + ", dataset.".join(data_changed)
+    if int(partial["batch"]) > tr.steps_per_epoch:
+        return f"it stopped after batch {int(partial['batch'])} of {tr.steps_per_epoch}"
+    return ""
 
 
 def load_best(tr) -> int:
