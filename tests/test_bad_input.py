@@ -62,6 +62,16 @@ BAD = [
     (["resume=AFILE"], "truncated or corrupt"),
     (["resume=EMPTY"], "no such file or directory"),
     (["launcher=joblib"], "launcher=joblib"),
+    # sizes and numbers at the edges: refused before anything is allocated
+    (["seed=123456789012345678901234567890"], "it is too large (at most 2^63-1)"),
+    (["trainer.batch_size=99999999999999999999"], "trainer.batch_size=99999999999999999999"),
+    (["model.hidden_dims=[1000000000]"], "needs about"),
+    (["model.hidden_dims=[100000000000000000000]"], "model.hidden_dims"),
+    (["loss=iwae", "loss.k=1000000"], "one batch of 64"),
+    (["model=gumbel_vae", "model.num_latents=100000", "model.num_categories=100000"],
+     "needs about"),
+    (["trust_run_code=maybe"], "trust_run_code='maybe' is invalid"),
+    (["overwrite=1"], "overwrite=1 is invalid"),
 ]
 
 

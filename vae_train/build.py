@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vae_train import distributed
+from vae_train import memory as memory_mod
 from vae_train.data import DataModule, DataSet, ImageData
 from vae_train.errors import UserError
 from vae_train.losses import ELBO, BetaVAE, ModelObjective, Objective
@@ -41,8 +42,11 @@ def load_image_data(node) -> ImageData:
     return instantiate_node(node, "dataset", DataSet).load()
 
 
-def build(cfg: DictConfig, device: torch.device):
-    """(data module, objective, model) for a config, on ``device``."""
+def build(cfg: DictConfig, device: torch.device, memory: str = "train"):
+    """(data module, objective, model) for a config, on ``device``. Before the model is
+    allocated, its memory is estimated (:mod:`vae_train.memory`): ``memory="train"`` counts a
+    training step (weights, gradients, optimizer state, one batch's activations),
+    ``"weights"`` the weights alone (evaluate, sample); what cannot fit is refused."""
     dataset = instantiate_node(cfg.dataset, "dataset", DataSet)
     with distributed.rank0_first():   # several processes: one downloads/renders, then the rest
         data = dataset.load()
@@ -50,8 +54,13 @@ def build(cfg: DictConfig, device: torch.device):
                     dataset.binarize_seed, dataset.in_memory, dataset.memory_share)
     objective = instantiate_node(cfg.loss, "loss", Objective)
     likelihood = objective.make_likelihood(dm.shape[0], dm.values, dm.name)
-    model = instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,
-                             num_classes=dm.num_classes, likelihood=likelihood)
+
+    def make_model():
+        return instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,
+                                num_classes=dm.num_classes, likelihood=likelihood)
+
+    _check_memory(cfg, dm, objective, make_model, device, memory)
+    model = make_model()
     name = cfg.model._target_.rsplit(".", 1)[-1]
     if isinstance(model, OwnsObjective):
         if not isinstance(objective, ELBO) or isinstance(objective, BetaVAE):
@@ -71,3 +80,17 @@ def build(cfg: DictConfig, device: torch.device):
         raise UserError(f"dataset.labeled={dataset.labeled}: only a semi-supervised model "
                         "(model=m2) can learn from part of the labels; drop dataset.labeled")
     return dm, objective.to(device), model.to(device)
+
+
+def _check_memory(cfg, dm, objective, make_model, device, memory: str) -> None:
+    train = memory == "train"
+    batch = int(OmegaConf.select(cfg, "trainer.batch_size", default=128) or 128)
+    if train:
+        batch = min(batch, max(1, len(dm.train)))
+    y = dm.train.y[:batch] if train and len(dm.train) else None
+    opt = str(OmegaConf.select(cfg, "optimizer._target_", default="adam")).rsplit(".", 1)[-1]
+    est = memory_mod.estimate(make_model, objective, (batch, *dm.shape), y, opt, train)
+    memory_mod.check_fits(est, device, batch,
+                          "make the model smaller (model.hidden_dims, model.latent_dim, ...), "
+                          "or lower trainer.batch_size (or loss.k)" if train else
+                          "evaluate it on a machine with more memory")

@@ -48,8 +48,13 @@ class Rule:
             return False
 
 
-def integer(low: int = 1, what: str | None = None) -> Rule:
-    return Rule(lambda v: is_int(v) and v >= low,
+# The largest integer an option may hold: seeds, sizes and counts end up in int64 tensors and
+# generators; beyond it they overflow deep inside torch or numpy.
+INT_MAX = 2**63 - 1
+
+
+def integer(low: int = 1, what: str | None = None, high: int = INT_MAX) -> Rule:
+    return Rule(lambda v: is_int(v) and low <= v <= high,
                 what or ("a positive integer" if low == 1 else f"an integer >= {low}"))
 
 
@@ -75,7 +80,7 @@ def optional(rule: Rule, what: str | None = None) -> Rule:
 
 
 def int_list(nonempty: bool = False) -> Rule:
-    return Rule(lambda v: (len(v) > 0 or not nonempty) and all(is_int(h) and h > 0 for h in v),
+    return Rule(lambda v: (len(v) > 0 or not nonempty) and all(is_int(h) and 0 < h <= INT_MAX for h in v),
                 "a non-empty list of positive integers" if nonempty
                 else "a list of positive integers")
 
@@ -88,12 +93,22 @@ def one_of(*choices, what: str | None = None) -> Rule:
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 
 
+def invalid(key: str, value, rule: Rule) -> UserError:
+    """The one-line message for ``key=value`` breaking ``rule``."""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:60] + "..." + shown[-10:]
+    if is_int(value) and abs(value) > INT_MAX:
+        return UserError(f"{key}={shown} is invalid: it is too large (at most 2^63-1); it "
+                         f"must be {rule.what}")
+    return UserError(f"{key}={shown} is invalid: it must be {rule.what}")
+
+
 def check_values(group: str, rules: Mapping[str, Rule], values: Mapping) -> None:
     """Raise one line naming ``group.key`` for the first value that breaks its rule."""
     for key, rule in rules.items():
         if key in values and not rule.ok(values[key]):
-            prefix = f"{group}.{key}" if group else key
-            raise UserError(f"{prefix}={values[key]!r} is invalid: it must be {rule.what}")
+            raise invalid(f"{group}.{key}" if group else key, values[key], rule)
 
 
 class Checked:
@@ -198,4 +213,4 @@ def validate(cfg: DictConfig, fixed: Mapping[str, Mapping[str, Rule]]) -> None:
             continue
         value = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
         if not rule.ok(value):
-            raise UserError(f"{key}={value!r} is invalid: it must be {rule.what}")
+            raise invalid(key, value, rule)
