@@ -1,5 +1,6 @@
 """The real parsers on small files the tests write, the generated set, splits, binarization."""
 
+import re
 
 import numpy as np
 import pytest
@@ -176,9 +177,11 @@ def test_val_split_and_binarization():
         DataModule(data, torch.device("cpu"), "none", 500)
 
 
-def test_more_images_than_labels_is_refused_with_the_folder(tmp_path):
+def test_more_images_than_labels_is_refused_naming_both_files(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_mnist_like(raw, 50, 20)
     write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(40, dtype=np.uint8))
-    with pytest.raises(UserError, match=f"{raw}: train split has 50 images but 40 labels"):
+    with pytest.raises(UserError, match=re.escape(
+            f"the train split of MNIST has 50 images in {raw}/train-images-idx3-ubyte.gz but "
+            f"40 labels in {raw}/train-labels-idx1-ubyte.gz")):
         load_image_data(ds_cfg(root=str(tmp_path)))

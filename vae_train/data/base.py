@@ -16,6 +16,7 @@ import torch
 from vae_train.checks import Checked, Rule, integer, is_int, is_num, number, one_of, optional
 from vae_train.data.factors import FactorGrid
 from vae_train.data.rows import Rows
+from vae_train.data.validate import check_image_data, origin_of
 from vae_train.errors import UserError
 
 BINARIZE = ("none", "static", "dynamic")
@@ -107,8 +108,10 @@ class DataSet(Checked, ABC):
         naming what is missing or wrong (and where it looked) when the data cannot be read."""
 
     def load(self) -> ImageData:
-        """:meth:`read`, then only the first ``train_size`` / ``test_size`` examples."""
-        data = self.read()
+        """:meth:`read`, checked (:func:`vae_train.data.validate.check_image_data`: shapes,
+        labels, values; one line naming the data set when they do not fit), then only the
+        first ``train_size`` / ``test_size`` examples."""
+        data = check_image_data(self.read(), origin_of(self))
         for split, size in (("train", self.train_size), ("test", self.test_size)):
             if size is None:
                 continue

@@ -92,6 +92,11 @@ def read_attributes(path: Path) -> tuple[list[str], dict[str, int], np.ndarray]:
     except ValueError as e:
         raise UserError(f"{path}: a value is not -1 or 1 ({first_line(e)}); the file is "
                         "damaged, get it again") from None
+    bad = ~np.isin(values, (-1, 0, 1))           # 1 present; -1 (or 0) absent
+    if bad.any():
+        r, c = (int(i[0]) for i in np.nonzero(bad))
+        raise UserError(f"{path}:{r + 3}: {names[c]} is {int(values[r, c])}, not -1 or 1; the "
+                        "file is damaged, get it again")
     return names, {r[0]: i for i, r in enumerate(rows)}, values
 
 

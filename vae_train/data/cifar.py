@@ -36,9 +36,10 @@ def _unpickle(path: Path, what: str) -> dict:
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError, AttributeError,
-            ImportError, IndexError) as e:
-        raise UserError(f"cannot read {what} file {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or hostile pickle fails in many ways
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot read {what} file {path}: {type(e).__name__}: {detail}; the "
+                        "file is damaged or not a CIFAR pickle, get it again") from None
     if not isinstance(d, dict):
         raise UserError(f"cannot read {what} file {path}: it holds a {type(d).__name__}, "
                         "not a dict")
@@ -53,27 +54,49 @@ def _get(d: dict, key: str):
     raise KeyError(key)
 
 
+def _array(value, path: Path, what: str, key: str) -> np.ndarray:
+    """``value`` (a list or an array in the pickle) as a numpy array; one line when it is
+    ragged or not array-like."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{what} file {path}: its {key!r} entry is not a regular array "
+                        f"({str(e).split('. ')[0]}); the file is damaged") from None
+    return a
+
+
 def _images_and_labels(path: Path, what: str, d: dict, label_key: str, num_classes: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, 32, 32) uint8 and (N,) int64 from a batch dict, checked: data (N, 3072), N
     labels, each in 0..num_classes-1."""
     try:
-        data = np.asarray(_get(d, "data"))
-        labels = np.asarray(_get(d, label_key))
+        raw_data, raw_labels = _get(d, "data"), _get(d, label_key)
     except KeyError as e:
         raise UserError(f"{what} file {path} has no {e.args[0]!r} entry; is it a {what} "
                         "file?") from None
+    data = _array(raw_data, path, what, "data")
+    labels = _array(raw_labels, path, what, label_key)
+    if labels.size == 0:
+        labels = labels.astype(np.int64)       # an empty list reads back as float64
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 \
             or len(labels) != len(data):
         raise UserError(f"{what} file {path} has data of shape {data.shape} and labels of "
                         f"shape {labels.shape}; expected (N, 3072) and N labels")
-    if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer) and (
-            len(data) == 0 or (data.min() >= 0 and data.max() <= 255))):
-        raise UserError(f"{what} file {path} has data of type {data.dtype}; expected bytes "
-                        "(uint8, 0..255)")
+    if len(data) == 0:
+        raise UserError(f"{what} file {path} holds no images (data of shape {data.shape}); "
+                        "the file is damaged, get it again")
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer):
+            raise UserError(f"{what} file {path} has pixels of type {data.dtype}; expected "
+                            "bytes (uint8, 0..255): the file is damaged or not a CIFAR batch")
+        lo, hi = int(data.min()), int(data.max())
+        if lo < 0 or hi > 255:
+            raise UserError(f"{what} file {path} has pixel values from {lo} to {hi} "
+                            f"({data.dtype}), outside 0..255: the file is "
+                            "damaged or not a CIFAR batch")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{what} file {path} has labels of type {labels.dtype}; expected "
-                        "integers")
+        raise UserError(f"{what} file {path} has {label_key} of type {labels.dtype}; expected "
+                        "integers: the file is damaged or not a CIFAR batch")
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -255,6 +255,8 @@ def decode_image(path: str | Path, prep: Preprocess) -> np.ndarray:
                 sx, sy = img.size[0] / w, img.size[1] / h
         orientation = img.getexif().get(0x0112, 1) if img.format in ("JPEG", "TIFF", "WEBP",
                                                                      "PNG") else 1
+        if min(img.size) < 1:
+            raise ValueError(f"the image is {img.size[0]}x{img.size[1]} pixels (zero size)")
         im = _to_8bit(img)
         im.load()
     if orientation not in (1, None):
@@ -341,6 +343,8 @@ def _reference_hw(root: Path, files: list[FileStat], prep: Preprocess) -> tuple[
                 orientation = img.getexif().get(0x0112, 1) if img.format in (
                     "JPEG", "TIFF", "WEBP", "PNG") else 1
         except Exception:  # noqa: BLE001 - a bad file: the next one
+            continue
+        if min(w, h) < 1:       # zero size: it fails to decode (and is skipped or refused)
             continue
         if orientation in (5, 6, 7, 8):
             w, h = h, w
@@ -435,7 +439,7 @@ def _check_entry(npy: Path, manifest: Path, key: str, n: int, channels: int,
         shape = tuple(int(s) for s in meta["shape"])
         nbytes, crc = int(meta["bytes"]), int(meta["crc32"])
         skipped = [(int(s["row"]), str(s["file"]), str(s["reason"])) for s in meta["skipped"]]
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"its manifest lacks a field ({_reason(e)})") from None
     want = (n, channels, *((image_size, image_size) if image_size else shape[2:]))
     if shape != want or meta.get("dtype") != "uint8":
@@ -481,6 +485,35 @@ def _remove_older(npy: Path) -> None:
                 _unlink(tmp)
             except OSError:
                 pass
+
+
+def make_room(path: Path, what: str, logger: logging.Logger = log) -> bool:
+    """Whether a cache file can be (re)written at ``path``: something that is not a regular
+    file in its place (an empty folder, a dangling or looping link, a pipe) is removed with a
+    warning naming it (``what``: e.g. "dSprites cache"); a folder with files in it is kept and
+    False returned (the caller then keeps its data in memory)."""
+    if path.is_file() or not os.path.lexists(path):
+        return True
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()
+        except OSError:
+            logger.warning("%s %s is a folder with files in it, not a cache file; it is left as it "
+                        "is and the data stay in memory (every run, until it is moved away)",
+                        what, path)
+            return False
+        logger.warning("%s %s was an empty folder; removed, the cache file is written in its place",
+                    what, path)
+        return True
+    try:
+        path.unlink()
+    except OSError as e:
+        logger.warning("%s %s is not a file and cannot be removed (%s); the data stay in memory",
+                    what, path, e.strerror or e)
+        return False
+    logger.warning("%s %s was not a file (a link or a pipe); removed, the cache file is written in "
+                "its place", what, path)
+    return True
 
 
 def _unlink(path: Path | None) -> None:
@@ -547,6 +580,9 @@ def decode(root: str | Path, files: list[FileStat], prep: Preprocess, *, bad_fil
                          "x".join(map(str, arr.shape[1:])), npy, time.perf_counter() - t0,
                          " (checksum verified)" if verify else "")
                 return Decoded(arr, ok, skipped, npy, hit=True)
+    if cache and not all([make_room(npy, "decode cache entry"),
+                          make_room(manifest, "decode cache manifest")]):
+        cache = False
     ref, hw = _reference_hw(root, files, prep)
     if hw == (0, 0):
         reason = ""

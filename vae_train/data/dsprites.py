@@ -33,6 +33,7 @@ import torch
 
 from vae_train.checks import BOOLEAN, integer, optional
 from vae_train.data.base import DataSet, ImageData
+from vae_train.data.decode_cache import make_room
 from vae_train.data.factors import FactorGrid
 from vae_train.errors import UserError
 from vae_train.files import atomic_write
@@ -222,20 +223,58 @@ def cache_path(root: str | Path) -> Path:
     return Path(root).expanduser() / "dsprites" / CACHE_NAME
 
 
+class _NotThisCache(ValueError):
+    """A cache file that reads but is not this version's grid (the reason is the message)."""
+
+
+def _member(z: zipfile.ZipFile, name: str, shape: tuple | None = None,
+            dtype: np.dtype | None = None, max_items: int = 64) -> np.ndarray:
+    """Array ``name`` of the cache's zip, its ``.npy`` header checked before its data are read
+    (the shape and dtype when given, else at most ``max_items`` numbers): a damaged header
+    claiming a huge array is refused, not allocated."""
+    with z.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _NotThisCache(f"of an unknown format ({name} has .npy version {version})")
+        if got_dtype.hasobject:
+            raise _NotThisCache(f"of another layout ({name} holds Python objects)")
+        if shape is not None and (tuple(got_shape) != shape or got_dtype != dtype):
+            raise _NotThisCache(f"of another size ({name} of shape {tuple(got_shape)} "
+                                f"{got_dtype}, expected {shape} {np.dtype(dtype)})")
+        if shape is None and math.prod(got_shape) > max_items:
+            raise _NotThisCache(f"of another layout ({name} of shape {tuple(got_shape)})")
+    with z.open(f"{name}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def _read_cache(path: Path) -> np.ndarray:
-    """The packed grid from a cache file; ValueError saying why when it is not a good one."""
+    """The packed grid from a cache file; ValueError saying why when it is not a good one
+    (whatever is wrong with it: truncated, overwritten, another format, damaged inside)."""
+    want = (NUM_IMAGES, SIDE, SIDE // 8)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["version"])
-            sizes = tuple(int(s) for s in z["factor_sizes"])
-            images = z["images"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as z:
+            version = np.asarray(_member(z, "version"))
+            sizes = np.asarray(_member(z, "factor_sizes"))
+            if version.shape != () or sizes.ndim != 1 or not (
+                    np.issubdtype(version.dtype, np.integer)
+                    and np.issubdtype(sizes.dtype, np.integer)):
+                raise _NotThisCache(f"of another layout (version {version.tolist()!r}, "
+                                    f"factor sizes {sizes.tolist()!r})")
+            if int(version) != VERSION or tuple(int(s) for s in sizes) != FACTOR_SIZES:
+                raise _NotThisCache(f"written by another version (version {int(version)}, "
+                                    f"factor sizes {tuple(int(s) for s in sizes)})")
+            images = _member(z, "images", want, np.dtype(np.uint8))
+    except _NotThisCache:
+        raise
+    except Exception as e:  # noqa: BLE001 - damage fails in many ways: each is "unreadable"
         detail = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"unreadable ({type(e).__name__}: {detail})") from None
-    if version != VERSION or sizes != FACTOR_SIZES:
-        raise ValueError(f"written by another version (version {version}, factor sizes {sizes})")
-    if images.shape != (NUM_IMAGES, SIDE, SIDE // 8) or images.dtype != np.uint8:
-        raise ValueError(f"holds images of shape {images.shape} {images.dtype}")
+    if images.shape != want or images.dtype != np.uint8:
+        raise _NotThisCache(f"of another size (images of shape {images.shape} {images.dtype})")
     return images
 
 
@@ -250,20 +289,25 @@ def _write_cache(path: Path, images: np.ndarray) -> None:
 
     try:
         atomic_write(path, write)
-    except OSError as e:
+    except (OSError, UserError) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
         raise UserError(f"dataset.root: cannot write the dSprites cache {path} "
-                        f"({e.strerror or e}); set dataset.root=PATH (or $VAE_DATA_DIR) to a "
+                        f"({why}); set dataset.root=PATH (or $VAE_DATA_DIR) to a "
                         "writable folder, or dataset.cache=false to render the images in memory"
                         ) from None
 
 
 def load_grid(root: str | Path, progress: bool = True) -> np.ndarray:
     """The packed grid (737280, 64, 8): read from the cache, or rendered and cached (again,
-    when the cache is unreadable or stale)."""
+    with a warning saying why, when the cache is damaged, stale or not a file at all; it is
+    replaced atomically)."""
     path = cache_path(root)
     if path.parent.parent.exists() and not path.parent.parent.is_dir():
         raise UserError(f"dataset.root={path.parent.parent} is a file, not a directory; "
                         "point dataset.root at a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"dataset.root={path.parent.parent}: {path.parent} is a file, not a "
+                        "folder; move it away (the dSprites cache is written in that folder)")
     if path.is_file():
         try:
             images = _read_cache(path)
@@ -271,9 +315,12 @@ def load_grid(root: str | Path, progress: bool = True) -> np.ndarray:
             return images
         except ValueError as why:
             log.warning("dSprites cache %s is %s; rendering it again", path, why)
-    log.info("rendering dSprites (%s images) into %s", f"{NUM_IMAGES:,}", path)
+    writable = make_room(path, "dSprites cache", log)
+    log.info("rendering dSprites (%s images)%s", f"{NUM_IMAGES:,}",
+             f" into {path}" if writable else "")
     images = render_grid(progress)
-    _write_cache(path, images)
+    if writable:
+        _write_cache(path, images)
     return images
 
 

@@ -108,13 +108,36 @@ class MnistLike(TorchvisionSet):
                 f"or set dataset.root=PATH (or $VAE_DATA_DIR) to a folder holding "
                 f"{self.folder}/raw/")
         log.info("reading %s from %s", self.title, found)
-        parts = {}
+        parts, files = {}, {}
+        k = len(self.classes)
         for split, (img_name, lab_name) in IDX_FILES.items():
-            x = read_idx(_idx_file(found, img_name), expect_dims=3)
-            y = read_idx(_idx_file(found, lab_name), expect_dims=1).long()
+            img_path, lab_path = _idx_file(found, img_name), _idx_file(found, lab_name)
+            x = read_idx(img_path, expect_dims=3)
+            n, h, w = x.shape
+            if n == 0 or h == 0 or w == 0:
+                raise UserError(f"IDX file {img_path} holds {n} images of {h}x{w} pixels; a "
+                                f"{split} split needs at least one image of at least 1x1: "
+                                f"the file is damaged, get {self.title} again")
+            y = read_idx(lab_path, expect_dims=1).long()
             if len(x) != len(y):
-                raise UserError(f"{found}: {split} split has {len(x)} images but {len(y)} labels")
-            parts[split] = (x.unsqueeze(1), y)
+                raise UserError(f"the {split} split of {self.title} has {len(x):,} images in "
+                                f"{img_path} but {len(y):,} labels in {lab_path}; one label per "
+                                f"image: a file is damaged or from another set, get "
+                                f"{self.title} again")
+            bad = y >= k                              # uint8 on disk: never negative
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad)[0])
+                raise UserError(f"IDX file {lab_path} holds {int(bad.sum()):,} labels outside "
+                                f"0..{k - 1} for {self.title}'s {k} classes (the first: "
+                                f"{int(y[i])}, at position {i}); the file is damaged or from "
+                                f"another set, get {self.title} again")
+            parts[split], files[split] = (x.unsqueeze(1), y), img_path
+        (train, _), (test, _) = parts["train"], parts["test"]
+        if train.shape[2:] != test.shape[2:]:
+            raise UserError(f"{self.title}'s test images in {files['test']} are "
+                            f"{test.shape[2]}x{test.shape[3]} pixels but its training images "
+                            f"in {files['train']} are {train.shape[2]}x{train.shape[3]}; both "
+                            f"splits must have one size: get {self.title} again")
         return ImageData(self.name, *parts["train"], *parts["test"], classes=list(self.classes))
 
 
