@@ -70,6 +70,8 @@ BAD = [
     (["loss=iwae", "loss.k=1000000"], "one batch of 64"),
     (["model=gumbel_vae", "model.num_latents=100000", "model.num_categories=100000"],
      "needs about"),
+    (["dataset.num_train=1000000000"], "GB of examples, but"),
+    (["dataset=sines", "dataset.num_train=10000000000"], "would generate"),
     (["trust_run_code=maybe"], "trust_run_code='maybe' is invalid"),
     (["overwrite=1"], "overwrite=1 is invalid"),
 ]

@@ -107,10 +107,29 @@ class DataSet(Checked, ABC):
         """Both splits in memory. Raise :class:`vae_train.errors.UserError` with one line
         naming what is missing or wrong (and where it looked) when the data cannot be read."""
 
+    def generated_bytes(self) -> int | None:
+        """Bytes a generated data set will hold in memory (None: read from files, where the
+        readers check sizes). Checked against the memory available before :meth:`read`."""
+        return None
+
+    def _check_generated_size(self) -> None:
+        need = self.generated_bytes()
+        if need is None:
+            return
+        from vae_train.data.batches import available_memory
+        from vae_train.memory import human
+
+        free = available_memory()
+        if free is not None and need > free:
+            raise UserError(f"dataset {self.name or type(self).__name__} would generate "
+                            f"{human(need)} of examples, but {human(free)} of memory is "
+                            "available; lower dataset.num_train / dataset.num_test")
+
     def load(self) -> ImageData:
         """:meth:`read`, checked (:func:`vae_train.data.validate.check_image_data`: shapes,
         labels, values; one line naming the data set when they do not fit), then only the
         first ``train_size`` / ``test_size`` examples."""
+        self._check_generated_size()
         data = check_image_data(self.read(), origin_of(self))
         for split, size in (("train", self.train_size), ("test", self.test_size)):
             if size is None:

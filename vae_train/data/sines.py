@@ -65,6 +65,11 @@ class Sines(DataSet):
                      "max_components": int(max_components)}
         self.generator_seed = int(generator_seed)
 
+    def generated_bytes(self) -> int:
+        # float32 sequences, and the generator's temporaries (one wave per component)
+        per = 4 * self.spec["length"] * (self.spec["max_components"] + 3)
+        return max(self.num_train, self.num_test) * per + self.num_test * 4 * self.spec["length"]
+
     def read(self) -> ImageData:
         tx, ty = make_sines(self.num_train, self.generator_seed, **self.spec)
         ex, ey = make_sines(self.num_test, self.generator_seed + 1, **self.spec)

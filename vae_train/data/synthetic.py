@@ -79,6 +79,9 @@ class Synthetic(DataSet):
         self.image_size, self.channels = int(image_size), int(channels)
         self.generator_seed = int(generator_seed)
 
+    def generated_bytes(self) -> int:
+        return (self.num_train + self.num_test) * self.channels * self.image_size ** 2
+
     def read(self) -> ImageData:
         size, ch, seed = self.image_size, self.channels, self.generator_seed
         tx, ty = make_synthetic(self.num_train, seed, size, ch)
