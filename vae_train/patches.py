@@ -212,8 +212,8 @@ def keep_hydra_backups() -> bool:
         path = Path(output_dir) / str(filename)
         try:
             HYDRA_BACKUPS.setdefault(str(path), path.read_bytes() if path.is_file() else None)
-        except OSError:
-            pass
+        except OSError:   # unreadable: nothing to put back
+            HYDRA_BACKUPS.setdefault(str(path), None)
         return save(cfg, filename, output_dir)
 
     saving.keeps_backups = True
@@ -221,14 +221,17 @@ def keep_hydra_backups() -> bool:
     return True
 
 
-def restore_hydra_files(run_dir) -> None:
-    """Put back ``<run_dir>/.hydra/*.yaml`` as they were before this process wrote them."""
+def restore_hydra_files(run_dir, only_existing: bool = False) -> None:
+    """Put back ``<run_dir>/.hydra/*.yaml`` as they were before this process wrote them
+    (``only_existing``: only those that existed; new ones stay)."""
     from pathlib import Path
 
     folder = Path(run_dir) / ".hydra"
     for name, data in list(HYDRA_BACKUPS.items()):
         path = Path(name)
         if path.parent != folder:
+            continue
+        if data is None and only_existing:
             continue
         try:
             if data is None:

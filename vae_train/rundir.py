@@ -69,6 +69,24 @@ def refuse_fresh_start(run_dir: str | Path, overwrite: bool) -> None:
             p.unlink(missing_ok=True)
 
 
+# Files a training run writes (relative to its run directory).
+WRITTEN = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "data_stats.json",
+           "checkpoints")
+
+
+def check_targets(run_dir: str | Path) -> None:
+    """Refuse, before anything is trained, a run directory where a file the run writes is
+    a folder (or a folder it writes into is a file): the run would fail at its first save."""
+    run_dir = Path(run_dir)
+    for name in WRITTEN:
+        p = run_dir / name
+        folder = name == "checkpoints"
+        if p.exists() and (p.is_dir() != folder or (not folder and not p.is_file())):
+            kind = "a file" if folder else "a folder" if p.is_dir() else "not a regular file"
+            raise UserError(f"{p} is {kind}, where the run writes its {name}; move it away "
+                            "and run the command again")
+
+
 def set_evaluations_aside(run_dir: str | Path) -> None:
     """A resumed run that trains on: its ``eval*.json`` describe earlier weights; they become
     ``eval*.json.stale`` (kept, not read by ``report``)."""

@@ -36,7 +36,15 @@ def record_failure(exc: BaseException) -> float:
     record = {"status": "failed", "error": reason, "overrides": list(hc.overrides.task)}
     if not isinstance(exc, UserError):
         record["traceback"] = traceback.format_exc()
-    write_json(run_dir / "failed.json", record)
+    if not run_dir.is_dir():   # deleted under the sweep: said, not written back
+        log.error("error: %s (the sweep goes on)", reason)
+        FAILED.append((str(run_dir), reason.splitlines()[0]))
+        return math.nan
+    try:
+        write_json(run_dir / "failed.json", record)
+    except UserError as e:   # a full disk: the reason is still said
+        log.error("error: %s (not recorded: %s; the sweep goes on)", reason, e)
+        return math.nan
     log.error("error: %s (recorded in %s; the sweep goes on)", reason, run_dir / "failed.json")
     return math.nan
 

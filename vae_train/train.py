@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -53,7 +54,9 @@ def run(cfg: DictConfig) -> float:
 
 def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """A resumed run names only classes it may build (vae_train.trust); a fresh one does not
-    train over another run's results (vae_train.rundir)."""
+    train over another run's results (vae_train.rundir); the files a run writes can be
+    written (not folders)."""
+    rundir.check_targets(run_dir)
     if cfg.get("resume"):
         trust.check_config(OmegaConf.to_container(cfg, resolve=False), f"resume={cfg.resume}",
                            bool(cfg.get("trust_run_code", False)))
@@ -174,6 +177,7 @@ def main() -> None:
     logging.raiseExceptions = False   # a log line that cannot be written (a full disk) is lost,
     patches.keep_hydra_backups()      # not a traceback
     patches.one_line_hydra_errors()
+    threading.excepthook = _thread_error
     try:
         launchers.check(sys.argv[1:])
         args = argv.sweep_argv(argv.resume_argv(argv.absolute_searchpath(sys.argv[1:])))
@@ -193,6 +197,14 @@ def main() -> None:
         sys.exit(130)
     finally:
         distributed.close()
+
+
+def _thread_error(args) -> None:
+    """An exception in a background thread (a library's writer thread): one log line."""
+    if args.exc_type is SystemExit:
+        return
+    log.error("error in background thread %s: %s", getattr(args.thread, "name", "?"),
+              first_line(args.exc_value) if args.exc_value else args.exc_type.__name__)
 
 
 def _before_hydra(args: list[str]) -> None:
@@ -223,18 +235,14 @@ def _before_hydra(args: list[str]) -> None:
 
 def _main() -> None:
     # Hydra rewrites <run>/.hydra/ before the run checks anything: a resume that fails (a bad
-    # override, a checkpoint that does not fit) must not leave its config there. (Also for a
-    # second process pointed at a run directory in use: it must not change it.)
+    # override, a checkpoint that does not fit) must not leave its config there, nor a second
+    # process pointed at a run directory in use change it (patches.keep_hydra_backups).
     run_dir = argv.run_dir_of(sys.argv)
-    saved = {}
-    if run_dir and distributed.is_main():
-        saved = {f: f.read_bytes() for f in (Path(run_dir) / ".hydra").glob("*.yaml")}
     try:
         _hydra_main()
     except SystemExit as e:
-        if e.code not in (0, None):
-            for f, data in saved.items():
-                f.write_bytes(data)
+        if e.code not in (0, None) and run_dir and distributed.is_main():
+            patches.restore_hydra_files(run_dir, only_existing=True)
         raise
     sweeps.report_failures()
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from vae_train import distributed
 from vae_train.checks import BOOLEAN, integer, number, one_of, optional
 from vae_train.data import DataModule, Split
+from vae_train.errors import UserError
 from vae_train.logging import TBLogger
 from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
@@ -148,6 +149,9 @@ class Trainer:
         """Train one epoch, validate, record, save ``last.pt`` (and ``best.pt``)."""
         start = time.perf_counter()
         train = self.train_epoch(epoch)
+        if self.rank == 0 and not self.run_dir.is_dir():
+            raise UserError(f"the run directory {self.run_dir} was deleted while epoch {epoch} "
+                            "trained; the run stops (nothing is written)")
         if not math.isfinite(train.get("loss", math.nan)):   # (no loss: every step skipped)
             raise Stopping.diverged(epoch, self.epoch, self.step, train)
         val = self.evaluate(self.data.val)
