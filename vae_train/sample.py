@@ -14,6 +14,12 @@ model:
                           around the code of test image ``image``; the image itself at the left;
 * ``interpolations.png``  pairs of test images with the decoded straight line between their codes;
 * ``manifold.png``        2-D codes only: a grid of codes at Gaussian quantiles.
+
+Every option is checked before the run is loaded (:data:`CHECKS`; a picture holds at most
+``MAX_IMAGES`` images), ``out=`` must be writable before any work; once the run is loaded, the
+test images the options draw from must exist, and the largest picture's decoded images must
+fit in memory (:func:`vae_train.evaluate.bytes_per_pair`). A run directory that cannot be
+written still gets its pictures into ``out=``, without the TensorBoard copy.
 """
 
 from __future__ import annotations
@@ -23,30 +29,85 @@ from pathlib import Path
 
 import torch
 
-from vae_train.checks import check_values, integer, number
+from vae_train.checks import BOOLEAN, number, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
+from vae_train.evaluate import bytes_per_pair, check_memory
+from vae_train.files import check_writable
 from vae_train.logging import TBLogger
+from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.pictures import SampleOptions, sample_figures, save_figures
 from vae_train.runs import hydra_app, load_run
 
 USAGE = ("usage: python -m vae_train.sample run=<run dir> [n=64] [seed=0] [checkpoint=best] "
          "[out=DIR] [...] (--help lists every option)")
-# The rules of the options (configs/commands/sample.yaml).
-CHECKS = {"n": integer(1), "dims": integer(1), "steps": integer(1), "pairs": integer(1),
-          "interp_steps": integer(1), "image": integer(0), "seed": integer(0),
-          "span": number(0, low_open=True), "device": DEVICE_CHECKS["type"]}
+# Images in one picture at most (a grid of 100 x 100; more is no picture anyone reads, and
+# each decoded image costs memory).
+MAX_IMAGES = 10_000
+# Traversals beyond +-100 prior standard deviations decode the same saturated images (and
+# overflow float32 for codes scaled by their spread).
+SPAN_MAX = 100.0
+# The rules of the options (configs/commands/sample.yaml); all run before anything is loaded.
+CHECKS = {"run": PATH, "checkpoint": PATH, "out": optional(PATH, "null (<run>/samples) or a path"),
+          "n": count(1, MAX_IMAGES), "dims": count(1, MAX_IMAGES),
+          "steps": count(1, MAX_IMAGES - 1), "pairs": count(1, MAX_IMAGES),
+          "interp_steps": count(1, MAX_IMAGES - 2), "image": count(0), "seed": SEED,
+          "span": number(0, SPAN_MAX, low_open=True), "device": DEVICE_CHECKS["type"],
+          "trust_run_code": BOOLEAN,
+          "dataset.root": optional(PATH, "null or a path")}
+
+
+def check_sizes(args) -> None:
+    """The pictures the options ask for stay within ``MAX_IMAGES`` images each."""
+    for name, rows, cols, what in (
+            ("traversals.png", args.dims, args.steps + 1, f"dims={args.dims} x (steps="
+                                                          f"{args.steps} + 1)"),
+            ("interpolations.png", args.pairs, args.interp_steps + 2,
+             f"pairs={args.pairs} x (interp_steps={args.interp_steps} + 2)")):
+        if rows * cols > MAX_IMAGES:
+            raise UserError(f"{what} = {rows * cols} images in {name} is too many: at most "
+                            f"{MAX_IMAGES} images per picture")
+
+
+def check_test_split(args, size: int) -> None:
+    """The test images the options draw from exist."""
+    if args.image >= size:
+        raise UserError(f"image={args.image} is beyond the test split ({size} images: "
+                        f"image=0..{size - 1})")
+    if args.n > size:
+        raise UserError(f"n={args.n} is invalid here: the reconstructions show n test images "
+                        f"and the test split has {size}; use n<={size}")
+    if 2 * args.pairs > size:
+        raise UserError(f"pairs={args.pairs} needs {2 * args.pairs} test images and the test "
+                        f"split has {size}; use pairs<={size // 2}")
 
 
 @hydra_app("sample", USAGE, path_keys=("run", "checkpoint", "out", "dataset.root"))
 def main(args):
-    check_values("", CHECKS, args)
-    run = load_run(args.run, args.checkpoint, args.device, args.dataset.root)
+    check_options(args, CHECKS)
+    check_sizes(args)
+    # Where the pictures go, and whether the run's TensorBoard can take them: before any work.
+    run_dir = Path(str(args.run)).expanduser()
+    out = Path(str(args.out)).expanduser() if args.out else run_dir / "samples"
+    check_output(out, f"out={args.out}" if args.out else f"out= (default: {out}; give "
+                                                        "out=DIR to write elsewhere)")
+    log_to_run = True
+    if (run_dir / ".hydra").is_dir():
+        try:
+            check_writable(run_dir)
+        except UserError:
+            log_to_run = False
+    run = load_run(args.run, args.checkpoint, args.device, args.dataset.root,
+                   trust_run_code=args.trust_run_code)
     test = run.data.test
+    check_test_split(args, len(test))
     need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)
-    if need > len(test):
-        raise UserError(f"the test split has {len(test)} images; these options need {need}")
     x, y = test.floats(max(need, 1000)), test.y[:max(need, 1000)]
+    check_memory(bytes_per_pair(run.model, x, y),
+                 {f"n={args.n}": (int(args.n), "images"),
+                  f"steps={args.steps}": (int(args.steps), "images"),
+                  f"interp_steps={args.interp_steps}": (int(args.interp_steps), "images")},
+                 run.device)
     torch.manual_seed(int(args.seed))
     opts = SampleOptions(n=int(args.n), seed=int(args.seed), dims=int(args.dims),
                          steps=int(args.steps), span=float(args.span), image=int(args.image),
@@ -54,12 +115,15 @@ def main(args):
     figs, notes = sample_figures(run.model, x, y, opts)
     for note in notes:
         print(note, file=sys.stderr)
-    out = Path(args.out) if args.out else run.run_dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     paths = save_figures(figs, out)
-    tb = TBLogger(run.run_dir)
-    tb.images(figs, run.step, prefix="sample")
-    tb.close()
+    if log_to_run:
+        tb = TBLogger(run.run_dir)
+        tb.images(figs, run.step, prefix="sample")
+        tb.close()
+    else:
+        print(f"note: {run.run_dir} cannot be written: the pictures are not logged to its "
+              "TensorBoard", file=sys.stderr)
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     return [str(p) for p in paths]

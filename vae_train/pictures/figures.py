@@ -96,7 +96,12 @@ def _scatter(model, x, y) -> torch.Tensor:
     return latent_scatter(model.code(x)[:, :2], y, prior[:, :2], span=model.prior_span)
 
 
-def _most_used(values: torch.Tensor, dims: int) -> list[int]:
+def _most_used(values: torch.Tensor, dims: int, notes: list[str] | None = None) -> list[int]:
+    """The ``dims`` largest of ``values``, largest first; all of them when the code has fewer
+    dimensions than asked for (said in ``notes``)."""
+    if notes is not None and dims > len(values):
+        notes.append(f"dims={dims}: the code has {len(values)} dimensions; traversing all "
+                     f"{len(values)}")
     return torch.argsort(values, descending=True)[:dims].tolist()
 
 
@@ -157,6 +162,7 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
     """``sample``'s pictures from test examples (x, y): (name -> image, notes for the user)."""
     model.eval()
     n, i, seed = opts.n, opts.image, opts.seed
+    notes: list[str] = []
     if isinstance(model, CodeGrid):
         figs = {"reconstructions": reconstruction_grid(model, x[:n], y[:n]),
                 "code_maps": code_map(model, x[:32])}
@@ -167,15 +173,15 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
                       "with python -m vae_train resume=<run> model.prior_epochs=10"]
     if isinstance(model, CategoricalCode):
         kl = model.variable_kl(x).cpu()
-        order = _most_used(kl, opts.dims)
+        order = _most_used(kl, opts.dims, notes)
         note = _described("traversed variables (mean KL, nats; at most log K = "
                           f"{math.log(model.num_categories):.2f})", order, kl)
         return {"samples": prior_samples(model, n, seed),
                 "reconstructions": reconstruction_grid(model, x[:n], None),
-                "traversals": categorical_traversals(model, x[i:i + 1], order)}, [note]
+                "traversals": categorical_traversals(model, x[i:i + 1], order)}, [note, *notes]
     if isinstance(model, SampledPrior):
         std = model.code(x).std(dim=0)
-        order = _most_used(std, opts.dims)
+        order = _most_used(std, opts.dims, notes)
         figs = {"samples": prior_samples(model, n, seed),
                 "reconstructions": reconstruction_grid(model, x[:n], y[:n]),
                 "traversals": traversals(model, x[i:i + 1], None, order, opts.steps, opts.span,
@@ -184,30 +190,30 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
                 "latent_scatter": _scatter(model, x, y)}
         if model.code_dim == 2:
             figs["manifold"] = manifold(model, span=model.prior_span)
-        return figs, []
+        return figs, notes
     if is_classifier_with_code(model):
         figs = _training_figures(model, x[:n], y[:n], n, seed)
         pred = model.predict(x)
         view = GivenClass(model)
         kl = code_kl(model, x, pred).cpu()           # q(z | x, y) at the predicted class
-        order = _most_used(kl, opts.dims)
+        order = _most_used(kl, opts.dims, notes)
         figs["traversals"] = traversals(view, x[i:i + 1], pred[i:i + 1], order, opts.steps,
                                         opts.span)
         figs["interpolations"] = interpolations(view, x, pred, opts.pairs, opts.interp_steps)
-        return figs, [_described("traversed code dimensions (mean KL, nats)", order, kl)]
+        return figs, [_described("traversed code dimensions (mean KL, nats)", order, kl), *notes]
     if not (isinstance(model, HasCode) and isinstance(model, LatentVariable)):
         return {"samples": prior_samples(model, n, seed),
                 "reconstructions": reconstruction_grid(model, x[:n], y[:n])}, []
     kl = code_kl(model, x, y if model.conditional else None).cpu()
-    order = _most_used(kl, opts.dims)
-    note = _described("traversed code dimensions (mean KL, nats)", order, kl)
+    order = _most_used(kl, opts.dims, notes)
+    notes.insert(0, _described("traversed code dimensions (mean KL, nats)", order, kl))
     if is_sequence(model):
         return {"samples": sample_plots(model, n, seed),
                 "reconstructions": reconstruction_plots(model, x[:n], y[:n]),
                 "traversals": traversal_plots(model, x[i:i + 1], y[i:i + 1], order, opts.steps,
                                               opts.span),
                 "interpolations": interpolation_plots(model, x, y, opts.pairs,
-                                                      opts.interp_steps)}, [note]
+                                                      opts.interp_steps)}, notes
     figs = {"samples": prior_samples(model, n, seed),
             "reconstructions": reconstruction_grid(model, x[:n], y[:n]),
             "traversals": traversals(model, x[i:i + 1], y[i:i + 1], order, opts.steps,
@@ -217,7 +223,7 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
         figs["class_samples"] = class_grid(model, seed=seed)
     if model.code_dim == 2:
         figs["manifold"] = manifold(model)
-    return figs, [note]
+    return figs, notes
 
 
 def save_figures(figs: dict, folder) -> list[Path]:
