@@ -342,8 +342,8 @@ def test_a_run_naming_a_foreign_class_is_not_built_without_the_flag(run_copy, tm
     assert "trust_run_code=true" in proc.stderr
     for module in ("vae_train.evaluate", "vae_train.sample"):
         res = call(module, [f"run={run_copy}", "n=10"], check=False)
-        assert res.returncode == 2 and "somemodule.Model" in res.err, res.err
-        assert "trust_run_code=true" in res.err
+        assert res.returncode == 2 and "somemodule.Model" in res.stderr, res.stderr
+        assert "trust_run_code=true" in res.stderr
     assert not (home / "imported").exists()                 # its code never ran
     assert digest(run_copy) == before
     # trusted: it is imported (and, not being a model, refused as such)

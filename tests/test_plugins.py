@@ -135,17 +135,24 @@ def test_a_users_model_and_data_set_train_resume_evaluate_and_sample(user):
     assert lost.returncode == 2 and "Traceback" not in lost.stderr, lost.stderr
     assert "model._target_=my_vaes.TinyVAE" in lost.stderr and "PYTHONPATH" in lost.stderr
 
+    # an opened run builds a class of the user's only when they say they trust it
+    refused = run("vae_train", [f"resume={trained}", "trainer.epochs=3"], user, cwd=user.parent,
+                  check=False)
+    assert refused.returncode == 2 and "model._target_=my_vaes.TinyVAE" in refused.stderr
+    assert "trust_run_code=true" in refused.stderr and "Traceback" not in refused.stderr
     # resume from another folder: the user's config folder is found again
-    proc = run("vae_train", [f"resume={trained}", "trainer.epochs=3"], user, cwd=user.parent)
+    proc = run("vae_train", [f"resume={trained}", "trainer.epochs=3", "trust_run_code=true"],
+               user, cwd=user.parent)
     assert "resumed from" in proc.stderr and "epoch 3/3" in proc.stderr
     assert json.loads((trained / "metrics.json").read_text())["epoch"] == 3
 
-    run("vae_train.evaluate", [f"run={trained}", "k=10", "progress=false"], user, cwd=user.parent)
+    run("vae_train.evaluate", [f"run={trained}", "k=10", "progress=false",
+                               "trust_run_code=true"], user, cwd=user.parent)
     result = json.loads((trained / "eval.json").read_text())
     assert 0 < result["nll"] < -result["elbo"] and result["latent_dims_per_layer"] == [4]
     out = user / "pictures"
-    run("vae_train.sample", [f"run={trained}", "n=16", "dims=2", f"out={out}"], user,
-        cwd=user.parent)
+    run("vae_train.sample", [f"run={trained}", "n=16", "dims=2", f"out={out}",
+                             "trust_run_code=true"], user, cwd=user.parent)
     assert {p.stem for p in out.glob("*.png")} == {"samples", "reconstructions", "traversals",
                                                    "interpolations"}
 

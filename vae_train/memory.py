@@ -45,6 +45,22 @@ class Estimate:
         return self.state_bytes + (self.activation_bytes or 0)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # optional, elsewhere
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown: assume it fits
+        return None
+
+
 def available(device: torch.device) -> int | None:
     """Bytes free for new allocations on ``device`` (None: unknown)."""
     if device.type == "cuda":
@@ -53,8 +69,6 @@ def available(device: torch.device) -> int | None:
         except RuntimeError:
             return None
     if device.type == "cpu":
-        from vae_train.data.batches import available_memory
-
         return available_memory()
     return None
 

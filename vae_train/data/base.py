@@ -116,8 +116,7 @@ class DataSet(Checked, ABC):
         need = self.generated_bytes()
         if need is None:
             return
-        from vae_train.data.batches import available_memory
-        from vae_train.memory import human
+        from vae_train.memory import available_memory, human
 
         free = available_memory()
         if free is not None and need > free:
@@ -130,7 +129,11 @@ class DataSet(Checked, ABC):
         labels, values; one line naming the data set when they do not fit), then only the
         first ``train_size`` / ``test_size`` examples."""
         self._check_generated_size()
-        data = check_image_data(self.read(), origin_of(self))
+        data = self.read()
+        if not isinstance(data, ImageData):
+            raise UserError(f"{origin_of(self)}: read() returned a {type(data).__name__}, not "
+                            "an ImageData (see docs/adding.md)")
+        data = check_image_data(data, origin_of(self))
         for split, size in (("train", self.train_size), ("test", self.test_size)):
             if size is None:
                 continue

@@ -18,6 +18,7 @@ import torch
 from vae_train.data.base import BINARIZE, ImageData
 from vae_train.data.rows import Rows, as_tensor
 from vae_train.errors import UserError
+from vae_train.memory import available_memory
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +150,6 @@ class Prefetch:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux: MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil  # optional, elsewhere
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - unknown: assume it fits
-        return None
 
 
 def _binarize_once(x: torch.Tensor, seed: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vae_train.data.batches import available_memory
+from vae_train.memory import available_memory
 from vae_train.errors import UserError
 
 

@@ -48,13 +48,8 @@ def _shape(x) -> str:
 def check_image_data(data, origin: str = "the data set"):
     """Refuse ``data`` (an :class:`~vae_train.data.base.ImageData`) with one line when it does
     not fit (see the module); labels of another integer type become int64 in place. Returns
-    ``data``."""
-    from vae_train.data.base import ImageData
-
+    ``data``. (That ``data`` is an ImageData at all is checked by ``DataSet.load``.)"""
     fix = "fix the files, or the data set's read()"
-    if not isinstance(data, ImageData):
-        raise UserError(f"{origin}: read() returned a {type(data).__name__}, not an ImageData "
-                        "(see docs/adding.md)")
     classes = data.classes
     if not isinstance(classes, (list, tuple)):
         raise UserError(f"{origin}: classes is a {type(classes).__name__}, not a list of class "
