@@ -4,6 +4,7 @@ and write small data sets in the real on-disk formats."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +26,24 @@ TINY = ["dataset=synthetic", "dataset.num_train=1200", "dataset.num_test=300",
 def _private_cache_dir(tmp_path_factory):
     """Decode caches (dataset=folder, celeba) go to a temporary folder, never ~/.cache."""
     os.environ["VAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("vae_cache"))
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Hydra configures logging in this process (handlers on pytest's captured streams; a
+    command's logging config may disable the loggers that exist):
+    put every logger back as it was (the handlers a test added go, none is put back), so
+    later tests do not log into closed files and see the records of loggers that exist."""
+    loggers = [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                               if isinstance(lg, logging.Logger))]
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    yield
+    for lg in [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                               if isinstance(lg, logging.Logger))]:
+        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+        lg.handlers[:] = [h for h in lg.handlers if h in handlers]
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 def run_cli(args, cwd, check=True, env=None, timeout=300):

@@ -77,22 +77,6 @@ BAD = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """Hydra configures logging in this process (handlers on pytest's captured streams):
-    put every logger back as it was, so later tests do not log into closed files."""
-    loggers = [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
-                               if isinstance(lg, logging.Logger))]
-    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
-    yield
-    for lg in [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
-                               if isinstance(lg, logging.Logger))]:
-        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate, lg.disabled = propagate, disabled
-
-
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_line_and_leaves_no_finished_run(args, needle, tmp_path, monkeypatch,
                                                          capfd):

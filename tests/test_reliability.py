@@ -153,6 +153,7 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_pa
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert f"is in use by process {first.pid}" in proc.stderr
         assert (run / ".hydra" / "config.yaml").read_bytes() == config   # left as it was
+        assert "in use by process" not in (run / "train.log").read_text()   # not its log
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

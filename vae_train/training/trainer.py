@@ -80,6 +80,7 @@ class Trainer:
         self.partial = None          # the rest of an epoch a signal stopped (from a checkpoint)
         self.epoch_examples = 0
         self.overrides: list[str] = []   # the command line's overrides, for resume=
+        self.watch_dir = self.run_dir.is_dir()   # deleted under the run (a sweep's folder)?
         k = min(int(self.t.num_images), len(data.val))   # a fixed batch: grids compare
         self.report = Reporter(tb, self.t, self.rank, data.val.floats(k), data.val.y[:k],
                                int(cfg.seed))
@@ -149,7 +150,7 @@ class Trainer:
         """Train one epoch, validate, record, save ``last.pt`` (and ``best.pt``)."""
         start = time.perf_counter()
         train = self.train_epoch(epoch)
-        if self.rank == 0 and not self.run_dir.is_dir():
+        if self.rank == 0 and self.watch_dir and not self.run_dir.is_dir():
             raise UserError(f"the run directory {self.run_dir} was deleted while epoch {epoch} "
                             "trained; the run stops (nothing is written)")
         if not math.isfinite(train.get("loss", math.nan)):   # (no loss: every step skipped)
