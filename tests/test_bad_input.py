@@ -2,7 +2,6 @@
 a non-zero exit, one line that names the key or path, no traceback, and no run directory that
 looks like a finished run."""
 
-import logging
 import sys
 
 import pytest

@@ -296,21 +296,6 @@ def test_data_that_fit_pass_and_labels_of_another_integer_type_become_int64():
 
 
 # -- through the command line: refused before a model is built ----------------------------------
-@pytest.fixture
-def restore_logging():
-    """Hydra reconfigures logging in this process; put every logger back afterwards."""
-    loggers = [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
-                               if isinstance(lg, logging.Logger))]
-    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
-    yield
-    for lg in [logging.root, *(lg for lg in logging.Logger.manager.loggerDict.values()
-                               if isinstance(lg, logging.Logger))]:
-        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate, lg.disabled = propagate, disabled
-
-
 def test_training_on_idx_labels_out_of_range_stops_before_the_model_is_built(
         tmp_path, monkeypatch, capfd, restore_logging):
     from vae_train import build
