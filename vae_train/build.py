@@ -4,6 +4,8 @@ and the model, with shapes and class counts taken from the data. Training, ``eva
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_train import distributed
 from vae_train import memory as memory_mod
 from vae_train.data import DataModule, DataSet, ImageData
+from vae_train.checks import locate
 from vae_train.errors import UserError
 from vae_train.losses import ELBO, BetaVAE, ModelObjective, Objective
 from vae_train.models.base import LatentVariable, Model, OwnsObjective, SemiSupervised
@@ -55,11 +58,12 @@ def build(cfg: DictConfig, device: torch.device, memory: str = "train"):
     objective = instantiate_node(cfg.loss, "loss", Objective)
     likelihood = objective.make_likelihood(dm.shape[0], dm.values, dm.name)
 
-    def make_model():
+    def make_model(lik=likelihood):
         return instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,
-                                num_classes=dm.num_classes, likelihood=likelihood)
+                                num_classes=dm.num_classes, likelihood=lik)
 
-    _check_memory(cfg, dm, objective, make_model, device, memory)
+    _check_memory(cfg, dm, objective, lambda: make_model(copy.deepcopy(likelihood)), device,
+                  memory)
     model = make_model()
     name = cfg.model._target_.rsplit(".", 1)[-1]
     if isinstance(model, OwnsObjective):
@@ -82,6 +86,14 @@ def build(cfg: DictConfig, device: torch.device, memory: str = "train"):
     return dm, objective.to(device), model.to(device)
 
 
+def _owns_objective(cfg) -> bool:
+    try:
+        cls = locate(str(cfg.model._target_), "model._target_")
+    except UserError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, OwnsObjective)
+
+
 def _check_memory(cfg, dm, objective, make_model, device, memory: str) -> None:
     train = memory == "train"
     batch = int(OmegaConf.select(cfg, "trainer.batch_size", default=128) or 128)
@@ -89,6 +101,10 @@ def _check_memory(cfg, dm, objective, make_model, device, memory: str) -> None:
         batch = min(batch, max(1, len(dm.train)))
     y = dm.train.y[:batch] if train and len(dm.train) else None
     opt = str(OmegaConf.select(cfg, "optimizer._target_", default="adam")).rsplit(".", 1)[-1]
+    if train and _owns_objective(cfg):   # the model's own loss, as training will run it
+        objective = ModelObjective(likelihood=objective.likelihood, sigma=objective.sigma,
+                                   learn_sigma=objective.learn_sigma,
+                                   mixtures=objective.mixtures)
     est = memory_mod.estimate(make_model, objective, (batch, *dm.shape), y, opt, train)
     memory_mod.check_fits(est, device, batch,
                           "make the model smaller (model.hidden_dims, model.latent_dim, ...), "

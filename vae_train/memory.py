@@ -105,7 +105,8 @@ def estimate(build_model: Callable[[], torch.nn.Module], objective, x_shape, y_e
     None). None if the model cannot be built on meta tensors."""
     try:
         with torch.device("meta"):
-            model = build_model()
+            # (.to: what the constructor was handed, built outside, goes to meta too)
+            model = build_model().to("meta")
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a model whose constructor needs real tensors
