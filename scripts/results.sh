@@ -5,7 +5,8 @@
 # equal epochs; then the importance-sampled test NLL of each.
 #   bash scripts/results.sh [epochs=20] [k=1000]
 # Runs go to outputs/results/<name>, each with metrics.json and eval.json. A run whose
-# metrics.json already exists is not trained again (delete outputs/results to start over).
+# metrics.json already exists is not trained again, one that was stopped is resumed (delete
+# outputs/results to start over).
 set -euo pipefail
 epochs=${1:-20}
 k=${2:-1000}
@@ -22,6 +23,10 @@ declare -A args=(
 )
 for name in "${names[@]}"; do
   [ -f "outputs/results/$name/metrics.json" ] && continue
+  if [ -f "outputs/results/$name/checkpoints/last.pt" ]; then   # stopped: continue it
+    python -m vae_train "resume=outputs/results/$name"
+    continue
+  fi
   # shellcheck disable=SC2086
   python -m vae_train "${common[@]}" ${args[$name]} "hydra.run.dir=outputs/results/$name"
 done
