@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_train import evaluate, sample
+from vae_train import evaluate, memory, sample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v0_1"   # 8x8 synthetic, 2-D code, 100 test
 
@@ -159,7 +159,7 @@ def test_the_memory_estimate_is_the_models_largest_row(run):
 
     loaded = load_run(str(run), "best", "cpu")
     x, y = next(iter(loaded.data.eval_batches(loaded.data.test.part(0, 1), 1)))
-    assert evaluate.bytes_per_pair(loaded.model, x, y) == evaluate.MEMORY_FACTOR * (64 + 2) * 4
+    assert memory.bytes_per_pair(loaded.model, x, y) == memory.MEMORY_FACTOR * (64 + 2) * 4
 
 
 def test_evaluate_refuses_a_read_only_run_before_evaluating(run, tmp_path, capfd):
@@ -281,10 +281,10 @@ def test_sample_traverses_every_dimension_of_a_smaller_code(run, tmp_path, capfd
 def test_sample_refuses_pictures_that_cannot_fit(run, tmp_path, capfd, monkeypatch):
     """The decoded images of the largest picture against the memory available (here made
     100 KB): one line with the estimate, what is available and what would fit."""
-    monkeypatch.setattr(evaluate, "available", lambda device: 100 * 1024)
+    monkeypatch.setattr(memory, "available", lambda device: 100 * 1024)
     text = refused(sample.main, [f"run={run}", f"out={tmp_path}", "n=100"], capfd)
-    per = evaluate.MEMORY_FACTOR * (64 + 2) * 4
-    assert (f"n=100 needs about {evaluate.human(100 * per)} of memory (100 images at once"
+    per = memory.MEMORY_FACTOR * (64 + 2) * 4
+    assert (f"n=100 needs about {memory.human(100 * per)} of memory (100 images at once"
             in text), text
     assert f"but 100 KB is available on cpu; use n={100 * 1024 // per} or less" in text
     assert not list(tmp_path.glob("*.png"))

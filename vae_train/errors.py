@@ -9,6 +9,16 @@ def first_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
 
 
+def unexpected(exc: BaseException, memory_hint: str, where: str) -> str:
+    """The one line (exit status 1) for an exception no check foresaw: out of memory, with
+    ``memory_hint`` (what to lower), or a bug, with ``where`` (where its traceback is)."""
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return f"error: out of memory ({first_line(exc)}); {memory_hint}"
+    return f"error: {first_line(exc)} (an unexpected error; {where}, and please report it)"
+
+
 class UserError(Exception):
     """Bad configuration, missing data, unusable device or checkpoint.
 

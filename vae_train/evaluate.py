@@ -43,7 +43,7 @@ from vae_train.distributions import bits_per_dim
 from vae_train.errors import UserError
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
-from vae_train.memory import available, human
+from vae_train.memory import bytes_per_pair, check_memory
 from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable
 from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.patches import ONEDNN_TILE, fast_linears
@@ -79,77 +79,6 @@ CHECKS = {"run": PATH, "checkpoint": PATH,
           "seed": SEED, "device": DEVICE_CHECKS["type"], "progress": BOOLEAN,
           "trust_run_code": BOOLEAN,
           "dataset.root": optional(PATH, "null or a path")}
-
-
-# -- memory ----------------------------------------------------------------------------------
-# Peak memory per decoded (example, sample) pair over the largest tensor one module returns per
-# pair: measured (peak RSS growth at 10^5 pairs, CPU, 1x28x28) 3.1x for the 784-400-20 MLP VAE,
-# 3.9x for hvae, 4.5x for conv_vae; the likelihood's elementwise temporaries make the rest.
-MEMORY_FACTOR = 6
-PROBE_SAMPLES = 4
-
-
-def largest_row(model, call) -> int:
-    """Bytes of the largest row (per example or per pair: a tensor over its first dimension)
-    that a module of ``model`` returns while ``call()`` runs; 0 if the probe fails."""
-    largest = 0
-
-    def hook(_module, _inputs, output):
-        nonlocal largest
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor) and t.dim() > 0 and len(t):
-                largest = max(largest, t.numel() * t.element_size() // len(t))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.inference_mode():
-            call()
-    except Exception:  # noqa: BLE001 - no estimate; the evaluation itself will say what fails
-        return 0
-    finally:
-        for h in handles:
-            h.remove()
-    return largest
-
-
-def bytes_per_pair(model, x: torch.Tensor, y: torch.Tensor | None) -> int:
-    """Memory one decoded (example, sample) pair needs, from a probe of one example:
-    ``MEMORY_FACTOR`` x the largest of (a module's output per pair, the decoded example and its
-    latents in float32)."""
-    x1, y1 = x[:1], (None if y is None or not model.conditional else y[:1])
-    floor = x1[0].numel() * 4
-    if isinstance(model, LatentVariable):
-        latents = 0
-
-        def call():
-            nonlocal latents
-            out = model.infer(x1, y1, k=PROBE_SAMPLES, analytic_kl=False)
-            latents = out["kl_dims"].shape[-1] if "kl_dims" in out else 0
-
-        row = largest_row(model, call)
-        floor += latents * 4
-    elif isinstance(model, ExtraMetrics):
-        row = largest_row(model, lambda: model.evaluate_batch(x1, y[:1] if y is not None
-                                                              else None))
-    else:
-        row = 0
-    return MEMORY_FACTOR * max(row, floor)
-
-
-def check_memory(per_pair: int, asked: dict[str, tuple[int, str]], device) -> None:
-    """Refuse, in one line with the estimate and what is available, what cannot fit: ``asked``
-    maps an option (``max_batch=2048``) to what it puts in memory at once (2048, "(example,
-    sample) pairs"); the largest is checked."""
-    free = available(torch.device(device))
-    option, (most, what) = max(asked.items(), key=lambda kv: kv[1][0])
-    need = most * per_pair
-    if free is None or need <= free:
-        return
-    key = option.split("=", 1)[0]
-    raise UserError(f"{option} needs about {human(need)} of memory ({most} {what} at once, "
-                    f"about {human(per_pair)} each for this model), but {human(free)} is "
-                    f"available on {torch.device(device)}; use {key}={max(1, free // per_pair)} "
-                    "or less")
 
 
 def sample_chunks(k: int, chunk: int) -> list[int]:

@@ -99,16 +99,22 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def _check_room(path: Path, need: int) -> None:
+    """Refuse to write ``need`` bytes to ``path`` when its disk does not have them (and
+    :data:`MARGIN` beside them); unknown free space is not refused."""
+    try:
+        free = shutil.disk_usage(_existing(path.parent)).free
+    except OSError:
+        return
+    if free < need + MARGIN:
+        raise disk_error(OSError(errno.ENOSPC, "No space left on device"), path, need)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """``data`` into ``path`` atomically, refused before anything is written when the disk
     does not have room for it."""
     path = Path(path)
-    try:
-        free = shutil.disk_usage(_existing(path.parent)).free
-    except OSError:
-        free = None
-    if free is not None and free < len(data) + MARGIN:
-        raise disk_error(OSError(errno.ENOSPC, "No space left on device"), path, len(data))
+    _check_room(path, len(data))
 
     def write(f):
         try:
@@ -128,13 +134,7 @@ def serialize(save, obj) -> bytes:
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    need = Path(src).stat().st_size
-    try:
-        free = shutil.disk_usage(_existing(Path(dst).parent)).free
-    except OSError:
-        free = None
-    if free is not None and free < need + MARGIN:
-        raise disk_error(OSError(errno.ENOSPC, "No space left on device"), dst, need)
+    _check_room(Path(dst), Path(src).stat().st_size)
     with open(src, "rb") as f:
         atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 

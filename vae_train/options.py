@@ -8,23 +8,20 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vae_train.checks import Rule, check_values, is_int
+from vae_train.checks import INT_MAX, Rule, check_values, integer
 from vae_train.errors import UserError
 from vae_train.files import check_writable
 
-INT64_MAX = 2**63 - 1         # torch's generators and index tensors are int64
 
-
-def count(low: int, high: int = INT64_MAX, what: str | None = None) -> Rule:
+def count(low: int, high: int = INT_MAX, what: str | None = None) -> Rule:
     """An integer in [low, high] (``what`` completes "it must be ...")."""
-    return Rule(lambda v: is_int(v) and low <= v <= high,
-                what or (f"an integer >= {low}" if high == INT64_MAX
-                         else f"an integer in [{low}, {high}]"))
+    return integer(low, what or (f"an integer >= {low}" if high == INT_MAX
+                                 else f"an integer in [{low}, {high}]"), high)
 
 
 PATH = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a path")
 KEY = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a config key")
-SEED = count(0, INT64_MAX, "an integer in [0, 2^63-1]")
+SEED = count(0, INT_MAX, "an integer in [0, 2^63-1]")
 
 
 def check_options(args, checks: dict[str, Rule]) -> None:

@@ -19,7 +19,7 @@ from vae_train import argv as argv_mod
 from vae_train.compat import upgrade_config
 from vae_train.data import DataModule
 from vae_train.device import resolve_device
-from vae_train.errors import UserError, first_line
+from vae_train.errors import UserError, first_line, unexpected
 
 log = logging.getLogger("vae_train")
 
@@ -60,16 +60,11 @@ def hydra_app(config_name: str, usage: str, path_keys: tuple[str, ...] = (),
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
-            except (MemoryError, torch.OutOfMemoryError) as e:
-                print(f"error: out of memory ({first_line(e)}); lower batch_size/max_batch "
-                      "or the counts asked for", file=sys.stderr)
-                sys.exit(1)
             except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback on demand
                 if os.environ.get("VAE_TRAIN_TRACEBACK"):
                     raise
-                print(f"error: {first_line(e)} (an unexpected error; run with "
-                      "VAE_TRAIN_TRACEBACK=1 to see where, and please report it)",
-                      file=sys.stderr)
+                print(unexpected(e, "lower batch_size/max_batch or the counts asked for",
+                                 "run with VAE_TRAIN_TRACEBACK=1 to see where"), file=sys.stderr)
                 sys.exit(1)
 
         @functools.wraps(fn)

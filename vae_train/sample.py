@@ -32,7 +32,7 @@ import torch
 from vae_train.checks import BOOLEAN, number, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
-from vae_train.evaluate import bytes_per_pair, check_memory
+from vae_train.memory import bytes_per_pair, check_memory
 from vae_train.files import check_writable
 from vae_train.logging import TBLogger
 from vae_train.options import PATH, SEED, check_options, check_output, count

@@ -19,7 +19,7 @@ from vae_train import CONFIG_DIR, argv, distributed, launchers, patches, rundir,
 from vae_train.build import build
 from vae_train.config import validate
 from vae_train.device import resolve_device, wants_channels_last
-from vae_train.errors import NonFiniteError, UserError, first_line
+from vae_train.errors import NonFiniteError, UserError, first_line, unexpected
 from vae_train.files import DiskError, write_json
 from vae_train.lock import RunDirInUse, RunLock
 from vae_train.logging import TBLogger
@@ -163,13 +163,10 @@ def _unexpected(e: BaseException) -> None:
     for h in files:
         h.handle(file_log.makeRecord(file_log.name, logging.ERROR, __file__, 0,
                                      traceback.format_exc(), None, None))
-    where = f"; the traceback is in {files[0].baseFilename}" if files else ""
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        print(f"error: out of memory ({first_line(e)}); lower trainer.batch_size or the "
-              f"model's size{where}", file=sys.stderr)
-    else:
-        print(f"error: {first_line(e)} (an unexpected error{where}; please report it)",
-              file=sys.stderr)
+    where = (f"the traceback is in {files[0].baseFilename}" if files
+             else "VAE_TRAIN_TRACEBACK=1 shows where")
+    print(unexpected(e, f"lower trainer.batch_size or the model's size ({where})", where),
+          file=sys.stderr)
     sys.exit(1)
 
 
