@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import TINY, compose_cfg, run_cli
 from vae_train.errors import UserError
-from vae_train.evaluate import log_likelihood
+from vae_train.api import log_likelihood
 from vae_train.logging import TBLogger
 from vae_train.losses import ELBO, IWAE
 from vae_train.models.gumbel_vae import GumbelVAE, categorical_kl_to_uniform

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vae_train.evaluate import log_likelihood
+from vae_train.api import log_likelihood
 from vae_train.distributions import GaussianLikelihood
 from vae_train.losses import ELBO, IWAE, BetaVAE, iwae_bound
 from vae_train.models.gaussian import GaussianVAE
@@ -268,7 +268,7 @@ def test_bernoulli_without_gradient_is_the_same_log_likelihood(shape):
 
 
 def test_sample_chunks_are_balanced_and_bounded():
-    from vae_train.evaluate import sample_chunks
+    from vae_train.api import sample_chunks
 
     for k, chunk in ((5000, 2048), (5000, 163), (7, 100), (100, 1), (10, 3)):
         sizes = sample_chunks(k, chunk)

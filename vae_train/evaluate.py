@@ -25,7 +25,6 @@ FactorVAE metric (``factorvae_metric``) on images rendered from freshly drawn fa
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +46,8 @@ from vae_train.memory import bytes_per_pair, check_memory
 from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable
 from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.patches import ONEDNN_TILE, fast_linears
-from vae_train.runs import hydra_app, load_run
+from vae_train.api import load, log_likelihood
+from vae_train.runs import hydra_app
 
 # The default max_batch on a CPU. For the 784-400-20 MLP VAE at k=5000 on a 2-core AMD EPYC, per
 # example: 1024 to 4096 pairs within 5% of each other, 256 25% slower, 16384 (the old default) 2.2x.
@@ -79,26 +79,6 @@ CHECKS = {"run": PATH, "checkpoint": PATH,
           "seed": SEED, "device": DEVICE_CHECKS["type"], "progress": BOOLEAN,
           "trust_run_code": BOOLEAN,
           "dataset.root": optional(PATH, "null or a path")}
-
-
-def sample_chunks(k: int, chunk: int) -> list[int]:
-    """k split into the fewest chunks of at most ``chunk``, as equal as they can be (one
-    shape for all but the last few calls: oneDNN and the allocator reuse what they made)."""
-    n = -(-k // max(1, chunk))
-    return [k // n + (i < k % n) for i in range(n)]
-
-
-@torch.inference_mode()
-def log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int,
-                   max_batch: int = 16384) -> torch.Tensor:
-    """The k-sample importance-weighted estimate of log p(x) per example, in chunks of
-    samples for all of ``x`` at once (at most ``max_batch`` pairs, at least one sample);
-    logsumexp over chunks of per-chunk logsumexps is exact."""
-    parts = []
-    for kk in sample_chunks(k, max(1, max_batch // len(x))):
-        out = model.infer(x, y, k=kk, analytic_kl=False)
-        parts.append(torch.logsumexp(out["log_px"] + out["log_pz"] - out["log_qz"], dim=0))
-    return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
 
 
 def default_max_batch(device) -> int:
@@ -280,8 +260,8 @@ def main(args):
         if (run_dir / name).is_dir():
             raise UserError(f"run={args.run}: {run_dir / name} is a folder; {name} cannot be "
                             "written there (move the folder away)")
-    run = load_run(args.run, args.checkpoint, args.device, args.dataset.root,
-                   trust_run_code=args.trust_run_code)
+    run = load(args.run, args.checkpoint, args.device, args.dataset.root,
+               trust_run_code=args.trust_run_code)
     split = run.data.eval_split(args.split)
     bs = int(args.batch_size)
     n = len(split) if args.n is None else min(int(args.n), len(split))

@@ -37,7 +37,8 @@ from vae_train.files import check_writable
 from vae_train.logging import TBLogger
 from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.pictures import SampleOptions, sample_figures, save_figures
-from vae_train.runs import hydra_app, load_run
+from vae_train.api import load
+from vae_train.runs import hydra_app
 
 USAGE = ("usage: python -m vae_train.sample run=<run dir> [n=64] [seed=0] [checkpoint=best] "
          "[out=DIR] [...] (--help lists every option)")
@@ -97,8 +98,8 @@ def main(args):
             check_writable(run_dir)
         except UserError:
             log_to_run = False
-    run = load_run(args.run, args.checkpoint, args.device, args.dataset.root,
-                   trust_run_code=args.trust_run_code)
+    run = load(args.run, args.checkpoint, args.device, args.dataset.root,
+               trust_run_code=args.trust_run_code)
     test = run.data.test
     check_test_split(args, len(test))
     need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)

@@ -106,6 +106,19 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images (B, C, H, W) of x passed through the model (at the posterior mean)."""
 
+    def latents(self, x: torch.Tensor, y: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """The latent description of each example, named tensors with the batch first (what
+        ``vae_train.encode`` writes and ``Trained.encode`` returns): ``code`` for a model with
+        a continuous code, ``codes`` for a grid of discrete codes. Families add their own
+        (posterior means and log-variances, class probabilities)."""
+        out = {}
+        if isinstance(self, HasCode):
+            out["code"] = self.code(x, y)
+        if isinstance(self, CodeGrid):
+            out["codes"] = self.codes(x)
+        return out
+
     @abstractmethod
     def sample(self, n: int, y: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

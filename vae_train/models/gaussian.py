@@ -94,6 +94,11 @@ class GaussianVAE(Model, LatentVariable, HasCode):
     def decode_code(self, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.likelihood.mean(self.decode(c, y))
 
+    def latents(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+        """The mean and log-variance of q(z | x) (and the code: the mean)."""
+        q = self.encode(x, y)
+        return {"mean": q.mu, "logvar": q.logvar, **super().latents(x, y)}
+
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

@@ -155,6 +155,12 @@ class GumbelVAE(Model, LatentVariable, HasCode, Scheduled, CategoricalCode):
         """The posterior mean of the one-hot code: class probabilities, (B, N*K)."""
         return self.log_q(x).exp().flatten(1)
 
+    def latents(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+        """q(c_n = k | x) as ``probs`` (B, N, K), the most probable classes as ``mode``
+        (B, N), and the code (the probabilities flattened)."""
+        probs = self.log_q(x).exp()
+        return {"probs": probs, "mode": probs.argmax(-1), "code": probs.flatten(1)}
+
     def mode(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable class of each variable, (B, N)."""
         return self.log_q(x).argmax(-1)

@@ -92,6 +92,14 @@ class HVAE(GaussianVAE):
     def decode_code(self, c, y=None):
         return self.likelihood.mean(self.decode(self.p1(c).mu))
 
+    def latents(self, x, y=None) -> dict:
+        """q(z1 | x) as ``mean``/``logvar``; q(z2 | z1) at the mean of z1 as ``mean2``/
+        ``logvar2`` (its mean is the code)."""
+        q1 = self.encode(x)
+        q2 = self.q2(q1.mu)
+        return {"mean": q1.mu, "logvar": q1.logvar, "mean2": q2.mu, "logvar2": q2.logvar,
+                "code": q2.mu}
+
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z2 ~ N(0, I), z1 ~ p(z1 | z2), then the mean image of p(x | z1)."""

@@ -281,6 +281,14 @@ class M2(Model, OwnsObjective, LatentVariable, HasCode, ExtraMetrics, SemiSuperv
         y = self.predict(x) if y is None else y
         return self.encode(x, y).mu
 
+    def latents(self, x, y=None) -> dict:
+        """q(y | x) as ``class_probs``; the mean and log-variance of q(z | x, y) at the given
+        class, or at the predicted one (its mean is the code)."""
+        log_qy = self.classify(x)
+        y = log_qy.argmax(-1) if y is None else y
+        q = self.encode(x, y)
+        return {"class_probs": log_qy.exp(), "mean": q.mu, "logvar": q.logvar, "code": q.mu}
+
     def decode_code(self, c, y=None):
         """Mean images for codes z (B, D) drawn as classes y (B,)."""
         if y is None:
