@@ -131,10 +131,10 @@ class Trained:
         shape = self.input_shape
         if t.dim() == len(shape) - 1 and shape[0] == 1 and tuple(t.shape) == shape[1:]:
             t = t.unsqueeze(0)                                  # one (H, W) grey image
+        if t.dim() == len(shape) and shape[0] == 1 and tuple(t.shape[1:]) == shape[1:]:
+            t = t.unsqueeze(1)                                  # (B, H, W) grey images
         if t.dim() == len(shape):
             t = t.unsqueeze(0)                                  # one example
-        if (t.dim() == len(shape) and shape[0] == 1 and tuple(t.shape[1:]) == shape[1:]):
-            t = t.unsqueeze(1)                                  # (B, H, W) grey images
         if (t.dim() == 4 and tuple(t.shape[1:]) != shape
                 and tuple(t.shape[1:]) == (*shape[1:], shape[0])):
             t = t.permute(0, 3, 1, 2)                           # channels last
@@ -160,8 +160,8 @@ class Trained:
                                 f"y (0..{self.num_classes - 1})")
             return None
         t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-        if t.dim() == 0:
-            t = t.expand(n)
+        if t.dim() == 0 or (t.dim() == 1 and len(t) == 1):
+            t = t.reshape(1).expand(n)                    # one label for every example
         if t.dim() == 1:
             t = t.long()
             if len(t) != n:
@@ -243,7 +243,8 @@ class Trained:
     @torch.no_grad()
     def interpolate(self, a, b, steps: int = 10, y=None) -> torch.Tensor:
         """Mean images along the straight line between the codes of examples ``a`` and
-        ``b``, both ends included: (steps, C, H, W)."""
+        ``b``, both ends included: (steps, C, H, W); conditional models: ``y`` one label
+        (the class the whole path is drawn as) or the labels of a and b."""
         if not isinstance(self.model, HasCode):
             raise UserError(f"{_family(self.model)} has no continuous code to interpolate in")
         if int(steps) < 2:
@@ -251,7 +252,9 @@ class Trained:
         x = torch.cat([self.prepare(a), self.prepare(b)])
         if len(x) != 2:
             raise UserError("interpolate takes one example for a and one for b")
-        y = self._y(y, 2) if y is not None or self.conditional else None
+        y = self._y(y, 2)
+        if y is None and _needs_label(self.model):      # M2: drawn as a's predicted class
+            y = self.model.predict(x[:1]).expand(2)
         c = self.model.code(x, y)
         t = torch.linspace(0, 1, int(steps), device=c.device).unsqueeze(1)
         path = (1 - t) * c[0] + t * c[1]

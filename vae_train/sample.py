@@ -13,7 +13,11 @@ model:
                           the test images), each swept over +-``span`` prior standard deviations
                           around the code of test image ``image``; the image itself at the left;
 * ``interpolations.png``  pairs of test images with the decoded straight line between their codes;
-* ``manifold.png``        2-D codes only: a grid of codes at Gaussian quantiles.
+* ``manifold.png``        2-D codes only: a grid of codes at Gaussian quantiles;
+* ``class_swap.png``      conditional models (cvae, a labelled folder, CelebA attributes) and
+                          M2: ``swap`` test images, each followed by its style code (the
+                          posterior mean given its own label) decoded as every class (for
+                          attributes: with each attribute flipped): class-swap translation.
 
 Every option is checked before the run is loaded (:data:`CHECKS`; a picture holds at most
 ``MAX_IMAGES`` images), ``out=`` must be writable before any work; once the run is loaded, the
@@ -53,6 +57,7 @@ CHECKS = {"run": PATH, "checkpoint": PATH, "out": optional(PATH, "null (<run>/sa
           "n": count(1, MAX_IMAGES), "dims": count(1, MAX_IMAGES),
           "steps": count(1, MAX_IMAGES - 1), "pairs": count(1, MAX_IMAGES),
           "interp_steps": count(1, MAX_IMAGES - 2), "image": count(0), "seed": SEED,
+          "swap": count(0, MAX_IMAGES),
           "span": number(0, SPAN_MAX, low_open=True), "device": DEVICE_CHECKS["type"],
           "trust_run_code": BOOLEAN,
           "dataset.root": optional(PATH, "null or a path")}
@@ -81,6 +86,18 @@ def check_test_split(args, size: int) -> None:
     if 2 * args.pairs > size:
         raise UserError(f"pairs={args.pairs} needs {2 * args.pairs} test images and the test "
                         f"split has {size}; use pairs<={size // 2}")
+    if args.swap > size:
+        raise UserError(f"swap={args.swap} rows need {args.swap} test images and the test split "
+                        f"has {size}; use swap<={size}")
+
+
+def check_swap(args, targets: int) -> None:
+    """The class-swap grid (``swap`` rows of 1 + ``targets`` images) stays within
+    ``MAX_IMAGES``."""
+    if args.swap * (targets + 1) > MAX_IMAGES:
+        raise UserError(f"swap={args.swap} x ({targets} classes + 1) = "
+                        f"{args.swap * (targets + 1)} images in class_swap.png is too many: at "
+                        f"most {MAX_IMAGES} images per picture")
 
 
 @hydra_app("sample", USAGE, path_keys=("run", "checkpoint", "out", "dataset.root"))
@@ -102,7 +119,8 @@ def main(args):
                trust_run_code=args.trust_run_code)
     test = run.data.test
     check_test_split(args, len(test))
-    need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1)
+    check_swap(args, test.y.shape[1] if test.y.dim() == 2 else run.num_classes)
+    need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1, int(args.swap))
     x, y = test.floats(max(need, 1000)), test.y[:max(need, 1000)]
     check_memory(bytes_per_pair(run.model, x, y),
                  {f"n={args.n}": (int(args.n), "images"),
@@ -112,7 +130,8 @@ def main(args):
     torch.manual_seed(int(args.seed))
     opts = SampleOptions(n=int(args.n), seed=int(args.seed), dims=int(args.dims),
                          steps=int(args.steps), span=float(args.span), image=int(args.image),
-                         pairs=int(args.pairs), interp_steps=int(args.interp_steps))
+                         pairs=int(args.pairs), interp_steps=int(args.interp_steps),
+                         swap=int(args.swap))
     figs, notes = sample_figures(run.model, x, y, opts)
     for note in notes:
         print(note, file=sys.stderr)

@@ -15,7 +15,8 @@ By capability, the first that applies:
 * sequence data (examples of shape (1, T, 1)): line plots instead of images;
 * otherwise: reconstructions and samples; with a continuous code (``HasCode``) traversals of
   the most-used code dimensions (largest mean KL), interpolations, the class grid for
-  conditional models and the manifold for 2-D codes.
+  conditional models and the manifold for 2-D codes; for conditional models (and M2) the
+  class-swap grid: each test image's style code decoded as every class.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from vae_train.models.base import (CategoricalCode, Classifier, CodeGrid, HasCode,
                                    LatentVariable, SampledPrior)
-from vae_train.pictures.grids import (categorical_traversals, class_grid, code_map,
+from vae_train.pictures.grids import (categorical_traversals, class_grid, class_swap, code_map,
                                       interpolations, manifold, prior_samples,
                                       reconstruction_grid, traversals)
 from vae_train.pictures.plots import (interpolation_plots, latent_scatter,
@@ -39,7 +40,8 @@ from vae_train.pictures.plots import (interpolation_plots, latent_scatter,
 class SampleOptions:
     """What ``python -m vae_train.sample`` draws: ``n`` samples and reconstructions, traversal
     rows of the ``dims`` most-used code dimensions with ``steps`` columns over +-``span``,
-    starting from test image ``image``; ``pairs`` interpolation rows of ``interp_steps``."""
+    starting from test image ``image``; ``pairs`` interpolation rows of ``interp_steps``;
+    ``swap`` rows of class-swap translation (conditional models and M2; 0: none)."""
 
     n: int = 64
     seed: int = 0
@@ -49,6 +51,7 @@ class SampleOptions:
     image: int = 0
     pairs: int = 8
     interp_steps: int = 10
+    swap: int = 8
 
 
 class GivenClass:
@@ -200,6 +203,8 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
         figs["traversals"] = traversals(view, x[i:i + 1], pred[i:i + 1], order, opts.steps,
                                         opts.span)
         figs["interpolations"] = interpolations(view, x, pred, opts.pairs, opts.interp_steps)
+        if opts.swap and y.dim() == 1:                  # its style, drawn as every class
+            figs["class_swap"] = class_swap(view, x[:opts.swap], y[:opts.swap])
         return figs, [_described("traversed code dimensions (mean KL, nats)", order, kl), *notes]
     if not (isinstance(model, HasCode) and isinstance(model, LatentVariable)):
         return {"samples": prior_samples(model, n, seed),
@@ -221,6 +226,8 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
             "interpolations": interpolations(model, x, y, opts.pairs, opts.interp_steps)}
     if model.conditional:
         figs["class_samples"] = class_grid(model, seed=seed)
+        if opts.swap:
+            figs["class_swap"] = class_swap(model, x[:opts.swap], y[:opts.swap])
     if model.code_dim == 2:
         figs["manifold"] = manifold(model)
     return figs, notes

@@ -130,3 +130,34 @@ def code_map(model, x: torch.Tensor) -> torch.Tensor:
     imgs = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
     pairs = torch.stack([imgs, maps], dim=1).flatten(0, 1)
     return make_grid(pairs.cpu(), nrow=16, pad_value=0.5)
+
+
+def swap_targets(y: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """The labels a class-swap grid decodes each image with: every class for (B,) class
+    labels; for (B, A) multi-hot attributes (CelebA), each attribute flipped in turn."""
+    if y.dim() == 1:
+        return [torch.full_like(y, k) for k in range(num_classes)]
+    out = []
+    for j in range(y.shape[1]):
+        t = y.clone()
+        t[:, j] = 1 - t[:, j]
+        out.append(t)
+    return out
+
+
+@torch.no_grad()
+def class_swap_images(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + K, C, H, W): each image, then its style code (the posterior mean of the code
+    given the image and its own label) decoded with each target label of
+    :func:`swap_targets`: the same handwriting drawn as every class."""
+    c = model.code(x, y)
+    cols = [x.float()] + [model.decode_code(c, t).float()
+                          for t in swap_targets(y, model.num_classes)]
+    return torch.stack(cols, dim=1)
+
+
+def class_swap(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One row per test image: the image at the left, then its style drawn as every class
+    (or with each attribute flipped)."""
+    imgs = class_swap_images(model, x, y)
+    return make_grid(imgs.flatten(0, 1).cpu(), nrow=imgs.shape[1], pad_value=0.5)
