@@ -160,7 +160,8 @@ class Trained:
             raise UserError(f"input of type {t.dtype}: give uint8 pixels (0..255) or floats")
         if self.binarize != "none" and self.values in ("8bit", "binary"):
             g = torch.Generator().manual_seed(int(binarize_seed))
-            x01 = (torch.rand(x01.shape, generator=g) < x01.clamp(0, 1)).float()
+            u = torch.rand(x01.shape, generator=g).to(x01.device)
+            x01 = (u < x01.clamp(0, 1)).float()
         return x01.to(self.device)
 
     def _labels(self, y, n: int, required: bool) -> torch.Tensor | None:
