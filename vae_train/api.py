@@ -353,6 +353,3 @@ def load(run: str | Path, checkpoint: str = "best", device: str = "auto",
 
     return Trained(load_run(str(run), checkpoint, device, data_root,
                             trust_run_code=trust_run_code))
-
-
-_needs_label = needs_label   # the old private name (removed once no module uses it)
