@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vae_train.api import Trained, load, log_likelihood, per_example
+from vae_train.api import Trained, default_max_batch, load, log_likelihood, per_example
 from vae_train.checks import BOOLEAN, Rule, one_of, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
@@ -397,7 +397,6 @@ def main(args):
     y_of = model_labels(run, len(classes), bool(args.use_labels))
     bs = min(int(args.batch_size), n)
 
-    from vae_train.evaluate import default_max_batch
     max_batch = default_max_batch(run.device) if args.max_batch is None else int(args.max_batch)
     x1, y1 = next(iter(dm.eval_batches(split.part(0, 1), 1)))
     asked = {f"batch_size={bs}": (bs, "examples")}

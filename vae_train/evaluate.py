@@ -17,6 +17,12 @@ evaluation starts. Once the model is loaded, the memory the largest decode needs
 pairs, or a batch of ``batch_size`` examples) is estimated from a probe of one example
 (:func:`bytes_per_pair`) and what cannot fit is refused in one line with the estimate.
 
+With ``fid=true`` it also scores ``fid_n`` prior samples against the split: FID, KID and
+precision/recall in the features of Inception or of a network trained on the run's own labels
+(``fid_features``), written under ``fid_inception`` or ``fid_own``; see :mod:`vae_train.fid`.
+A model that cannot draw, or a feature network that cannot be had (offline without cached
+Inception weights, a data set without labels), is noted in one line and the rest is computed.
+
 For data sets generated from known factors (``dataset=dsprites``) it also scores the code
 (the posterior mean of the code layer) with the mutual information gap (``mig``) and the
 FactorVAE metric (``factorvae_metric``) on images rendered from freshly drawn factors; see
@@ -40,19 +46,16 @@ from vae_train.device import DEVICE_CHECKS
 from vae_train.disentangle import expected_images, measure
 from vae_train.distributions import bits_per_dim
 from vae_train.errors import UserError
+from vae_train.fid import Unavailable, describe, require, sample_quality
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.memory import bytes_per_pair, check_memory
 from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable
 from vae_train.options import PATH, SEED, check_options, check_output, count
-from vae_train.patches import ONEDNN_TILE, fast_linears
-from vae_train.api import load, log_likelihood
+from vae_train.patches import fast_linears
+from vae_train.api import default_max_batch, load, log_likelihood
 from vae_train.runs import hydra_app
 
-# The default max_batch on a CPU. For the 784-400-20 MLP VAE at k=5000 on a 2-core AMD EPYC, per
-# example: 1024 to 4096 pairs within 5% of each other, 256 25% slower, 16384 (the old default) 2.2x.
-# (The oneDNN linears of vae_train.patches lay their weights out for this tile.)
-CPU_MAX_BATCH = ONEDNN_TILE
 USAGE = ("usage: python -m vae_train.evaluate run=<run dir> [k=5000] [split=test] "
          "[checkpoint=best] [n=N] [...] (--help lists every option)")
 # Upper bounds that keep time and memory bounded whatever is asked for. The importance-weighted
@@ -62,6 +65,12 @@ K_MAX = 10**6
 METRIC_SAMPLES_MAX = 10**6
 VOTE_IMAGES_MAX = 10**6       # factorvae_votes x factorvae_l
 MIG_BINS_MAX = 10**4
+# Sample quality: 50,000 samples is the largest FID in common use (FID-50k); the features of
+# three sets of that many stay in memory (2048 float64 each for Inception: 2.5 GB).
+FID_N_MAX = 50000
+FID_EPOCHS_MAX = 1000
+KID_SUBSETS_MAX = 10**4
+PR_K_MAX = 100
 
 # The rules of the options (configs/commands/evaluate.yaml); every option has one, and all run
 # before anything is loaded.
@@ -78,14 +87,17 @@ CHECKS = {"run": PATH, "checkpoint": PATH,
           "factorvae_votes": count(2, VOTE_IMAGES_MAX), "factorvae_l": count(2, VOTE_IMAGES_MAX),
           "seed": SEED, "device": DEVICE_CHECKS["type"], "progress": BOOLEAN,
           "trust_run_code": BOOLEAN,
-          "dataset.root": optional(PATH, "null or a path")}
-
-
-def default_max_batch(device) -> int:
-    """(example, sample) pairs per decoder call: cache-sized tiles on a CPU, where the
-    784-wide elementwise work of the likelihood is memory-bound above a few MB; large ones
-    on an accelerator."""
-    return CPU_MAX_BATCH if torch.device(device).type == "cpu" else 16384
+          "dataset.root": optional(PATH, "null or a path"),
+          "fid": BOOLEAN,
+          "fid_n": count(2, FID_N_MAX, f"an integer in [2, {FID_N_MAX}] (samples, and real "
+                                       "images, compared)"),
+          "fid_features": one_of("auto", "inception", "own"),
+          "fid_epochs": count(1, FID_EPOCHS_MAX),
+          "fid_batch_size": count(1, FID_N_MAX),
+          "fid_floor": BOOLEAN,
+          "kid_subsets": count(1, KID_SUBSETS_MAX),
+          "kid_subset_size": count(2, FID_N_MAX),
+          "pr_k": count(0, PR_K_MAX, f"an integer in [0, {PR_K_MAX}] (0: no precision/recall)")}
 
 
 def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
@@ -227,6 +239,9 @@ def print_table(result: dict, file=None) -> None:
                f"{d['active_latents']}/{d['latent_dims']} latents active")
         rows += [("MIG", f"{result['mig']:.3f}  ({per})"),
                  ("FactorVAE metric", f"{result['factorvae_metric']:.3f}  ({fit})")]
+    for key in ("fid_inception", "fid_own"):
+        if key in result:
+            rows += describe(key, result[key])
     for name in result.get("model_metrics", []):
         value = result[name]
         rows.append((name.replace("_", " "), f"{value:.4g}" if isinstance(value, float)
@@ -252,6 +267,9 @@ def main(args):
         raise UserError(f"factorvae_votes={args.factorvae_votes} x factorvae_l="
                         f"{args.factorvae_l} = {args.factorvae_votes * args.factorvae_l} images "
                         f"is invalid: at most {VOTE_IMAGES_MAX} (the default is 800 x 100)")
+    if args.fid:
+        require("torchmetrics", *(["torch_fidelity"] if args.fid_features == "inception"
+                                  else []))
     # eval.json goes into the run directory: find out now, not after the evaluation.
     run_dir = Path(str(args.run)).expanduser()
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
@@ -272,6 +290,8 @@ def main(args):
     asked = {f"batch_size={bs}": (min(bs, n), "examples")}
     if isinstance(run.model, LatentVariable):
         asked[f"max_batch={max_batch}"] = (max_batch, "(example, sample) pairs")
+    if args.fid:
+        asked[f"fid_batch_size={args.fid_batch_size}"] = (int(args.fid_batch_size), "samples")
     check_memory(bytes_per_pair(run.model, x, y), asked, run.device)
     torch.manual_seed(int(args.seed))
 
@@ -304,6 +324,20 @@ def main(args):
         else:
             result.update(disentanglement(run.model, grid, run.device, args))
             result["seconds"] += result["disentanglement"]["seconds"]
+    if args.fid:
+        try:
+            key, rec = sample_quality(
+                run, args.split, int(args.fid_n), str(args.fid_features), int(args.fid_epochs),
+                int(args.fid_batch_size), int(args.seed), int(args.kid_subsets),
+                int(args.kid_subset_size), int(args.pr_k), bool(args.fid_floor),
+                bool(args.progress), log=lambda line: print(line, file=sys.stderr))
+            result[key] = rec
+            result["seconds"] += rec["seconds"]
+            if "inception_unavailable" in rec:
+                notes.append(f"fid with the own feature network: {rec['inception_unavailable']}")
+        except Unavailable as e:
+            result["fid_skipped"] = str(e)
+            notes.append(f"fid skipped: {e}")
     if notes:
         result["note"] = "; ".join(notes)
     write_json(run.run_dir / name, result)
@@ -317,6 +351,11 @@ def main(args):
         scalars["bpd"] = result["bpd"]
     if "mig" in result:
         scalars.update({"mig": result["mig"], "factorvae_metric": result["factorvae_metric"]})
+    for key in ("fid_inception", "fid_own"):
+        if key in result:
+            kind = key[len("fid_"):]
+            scalars.update({f"fid_{kind}": result[key]["fid"],
+                            f"kid_{kind}": result[key]["kid_mean"]})
     tb.scalars(f"eval_{args.split}", scalars, run.step)
     tb.close()
     print_table(result)
