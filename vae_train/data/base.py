@@ -83,6 +83,10 @@ class DataSet(Checked, ABC):
         "labeled": optional(integer(1)),
         "in_memory": Rule(lambda v: v in (True, False, "auto"), "true, false or auto"),
         "memory_share": number(0, 1, low_open=True),
+        "exclude_classes": optional(Rule(
+            lambda v: not isinstance(v, (str, bytes)) and len(v) > 0 and all(
+                is_int(c) and c >= 0 for c in v), "a list of class labels (integers >= 0)"),
+            "null or a non-empty list of class labels (integers >= 0)"),
     }
 
     def __init__(self, name: str | None = None, train_size: int | None = None,
@@ -90,7 +94,7 @@ class DataSet(Checked, ABC):
                  split_seed: int = 0, binarize_seed: int = 0, labeled: int | None = None,
                  likelihood: str | None = None, learn_sigma: bool | None = None,
                  in_memory: bool | str = "auto",
-                 memory_share: float = 0.5):
+                 memory_share: float = 0.5, exclude_classes: list[int] | None = None):
         self.name = name or type(self).__name__.lower()
         self.train_size, self.test_size = train_size, test_size
         self.val_size, self.binarize = val_size, binarize
@@ -101,6 +105,10 @@ class DataSet(Checked, ABC):
         # data in a file (a decode cache, an .npy): read into memory (true), read a batch at a
         # time (false), or by size (auto: in memory below memory_share of the free memory)
         self.in_memory, self.memory_share = in_memory, float(memory_share)
+        # the one-class protocol: these labels are dropped from the training (and so the
+        # validation) split; the test split is kept whole
+        self.exclude_classes = (None if exclude_classes is None
+                                else sorted({int(c) for c in exclude_classes}))
 
     @abstractmethod
     def read(self) -> ImageData:
@@ -134,6 +142,8 @@ class DataSet(Checked, ABC):
             raise UserError(f"{origin_of(self)}: read() returned a {type(data).__name__}, not "
                             "an ImageData (see docs/adding.md)")
         data = check_image_data(data, origin_of(self))
+        if self.exclude_classes:
+            exclude_classes(data, self.exclude_classes)
         for split, size in (("train", self.train_size), ("test", self.test_size)):
             if size is None:
                 continue
@@ -147,3 +157,26 @@ class DataSet(Checked, ABC):
             if factors is not None:
                 setattr(data, f"{split}_factors", factors[:size])
         return data
+
+
+def exclude_classes(data: ImageData, labels: list[int]) -> None:
+    """Drop the training examples (and so the validation split carved from them) whose label
+    is in ``labels``, in place; the test split stays whole. Labels the data set does not have,
+    or dropping every training example, is one line."""
+    known = max(data.num_classes, int(data.train_y.max()) + 1 if len(data.train_y) else 0)
+    wrong = [c for c in labels if c >= known]
+    if wrong:
+        raise UserError(f"dataset.exclude_classes={labels}: {data.name} has no class "
+                        f"{wrong[0]} (its labels are 0..{known - 1})")
+    drop = torch.isin(data.train_y.cpu(), torch.tensor(labels, dtype=data.train_y.dtype))
+    keep = torch.nonzero(~drop).flatten()
+    if len(keep) == 0:
+        raise UserError(f"dataset.exclude_classes={labels} drops every training example of "
+                        f"{data.name}; leave at least one class to train on")
+    if len(keep) == len(drop):
+        return
+    idx = keep if isinstance(data.train_x, torch.Tensor) else keep.numpy()
+    data.train_x = data.train_x[idx]
+    data.train_y = data.train_y[keep]
+    if data.train_factors is not None:
+        data.train_factors = data.train_factors[keep]
