@@ -65,8 +65,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=None,
                    help="conditional decoders: this class for every image")
-    p.add_argument("--classes", type=int, default=10,
-                   help="conditional decoders: cycle labels 0..classes-1 (default 10)")
+    p.add_argument("--classes", type=int, default=None,
+                   help="conditional decoders: cycle labels 0..classes-1 (default: the "
+                        "number export.json records, else 10)")
     p.add_argument("--out", default="samples.png")
     args = p.parse_args(argv)
     try:
@@ -89,7 +90,16 @@ def main(argv=None) -> None:
             record = None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(args.seed)
-    feed = prior_codes(sess, args.n, rng, record, max(1, args.classes))
+    known = None                       # the classes export.json records for the label input
+    for port in (record or {}).get("inputs", []):
+        if port.get("name") == "y" and port.get("prior"):
+            known = port["prior"].get("num_classes")
+    classes = args.classes or known or 10
+    if known and not 1 <= classes <= known:
+        sys.exit(f"error: --classes {classes}: this decoder has {known} classes")
+    if args.label is not None and known and not 0 <= args.label < known:
+        sys.exit(f"error: --label {args.label} is outside this decoder's classes 0..{known - 1}")
+    feed = prior_codes(sess, args.n, rng, record, max(1, classes))
     if "y" in feed and args.label is not None:
         feed["y"][:] = args.label
     images = sess.run(["images"], feed)[0]

@@ -88,9 +88,10 @@ def _family(model) -> str:
 
 class Trained:
     """A trained model with its run's transforms. Attributes: ``model`` (the torch module, eval
-    mode), ``cfg`` (the run's composed config), ``data`` (the run's data splits, loaded
-    lazily), ``run_dir``, ``device``, ``input_shape`` (C, H, W), ``num_classes``,
-    ``conditional``, ``classes`` (names, or None), ``epoch`` and ``step`` of the checkpoint."""
+    mode), ``cfg`` (the run's composed config), ``data`` (the run's data splits), ``run_dir``, ``device``, ``input_shape`` (C, H, W), ``num_classes``,
+    ``conditional``, ``classes`` (names, or None), ``epoch`` and ``step`` of the checkpoint.
+    Loading reads the run's data set (the model's shape and classes come from it), so the
+    data must be where the run read it, or at ``data_root``."""
 
     def __init__(self, loaded):
         self._run = loaded
@@ -137,7 +138,7 @@ class Trained:
         first or (for images) last; uint8 pixels become [0, 1]; floats are taken as they
         are (standardised data: already standardised, with ``self.stats``). A run trained on
         binarized images gets binary pixels (drawn with ``binarize_seed``)."""
-        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        t = torch.as_tensor(np.array(x) if not isinstance(x, torch.Tensor) else x)
         shape = self.input_shape
         if t.dim() == len(shape) - 1 and shape[0] == 1 and tuple(t.shape) == shape[1:]:
             t = t.unsqueeze(0)                                  # one (H, W) grey image
@@ -170,16 +171,30 @@ class Trained:
                 raise UserError(f"{_family(self.model)} is conditional: give the class labels "
                                 f"y (0..{self.num_classes - 1})")
             return None
-        t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        t = torch.as_tensor(np.array(y) if not isinstance(y, torch.Tensor) else y)
+        if t.is_floating_point() and not bool((t == t.round()).all()):
+            raise UserError(f"labels must be whole numbers (class indices), not {t.flatten()[:3]}")
         if t.dim() == 0 or (t.dim() == 1 and len(t) == 1):
             t = t.reshape(1).expand(n)                    # one label for every example
+        if t.dim() == 2 and t.shape[1] == 1 and not self._multi_hot():
+            t = t[:, 0]                                   # (B, 1) class labels
         if t.dim() == 1:
             t = t.long()
             if len(t) != n:
                 raise UserError(f"{len(t)} labels for {n} examples")
-            if len(t) and (int(t.min()) < 0 or int(t.max()) >= max(self.num_classes, 1)):
-                raise UserError(f"label {int(t.max())} is outside 0..{self.num_classes - 1}")
+            k = max(self.num_classes, 1)
+            bad = t[(t < 0) | (t >= k)]
+            if len(bad):
+                raise UserError(f"label {int(bad[0])} is outside 0..{k - 1}")
+        elif not (t.dim() == 2 and len(t) == n and self._multi_hot()):
+            raise UserError(f"labels of shape {tuple(t.shape)}: give one class index per "
+                            f"example, ({n},)" + (" or (B, attributes) 0/1" if
+                                                  self._multi_hot() else ""))
         return t.to(self.device)
+
+    def _multi_hot(self) -> bool:
+        """Whether the run's labels are multi-hot attributes (CelebA), (B, A)."""
+        return self._run.data.test.y.dim() == 2
 
     def _y(self, y, n: int):
         """Labels for the model: required by conditional models; a classifier (M2) takes
@@ -214,9 +229,11 @@ class Trained:
             raise UserError(f"{_family(model)} has no code to decode")
         if z.dim() == 1:
             z = z.unsqueeze(0)
-        if z.shape[-1] != model.code_dim:
-            raise UserError(f"codes of size {z.shape[-1]}; this model's code has "
-                            f"{model.code_dim} dimensions")
+        if z.dim() != 2 or z.shape[-1] != model.code_dim:
+            raise UserError(f"codes of shape {tuple(z.shape)}; this model decodes (B, "
+                            f"{model.code_dim}) codes" + (" (flatten probabilities: "
+                                                          "probs.flatten(1))" if isinstance(
+                                                              model, CategoricalCode) else ""))
         y = self._labels(y, len(z), required=self.conditional or needs_label(model))
         return model.decode_code(z.float(), y)
 
@@ -230,6 +247,7 @@ class Trained:
     def sample(self, n: int, y=None, seed: int | None = None) -> torch.Tensor:
         """``n`` mean images drawn from the prior; conditional models draw classes ``y`` (one
         label or n; default: 0, 1, ... cycling)."""
+        n = _count(n, "n")
         if self.conditional and y is None:
             y = torch.arange(int(n)) % self.num_classes
         y = self._labels(y, int(n), required=self.conditional)
@@ -244,6 +262,7 @@ class Trained:
         (default: :func:`default_max_batch` of the device). A few examples at a time with
         all their samples, as ``evaluate`` does."""
         self._need_likelihood("log_prob")
+        k = _count(k, "k")
         x = self.prepare(x)
         y = self._y(y, len(x)) if self.conditional else None
         mb = default_max_batch(self.device) if max_batch is None else int(max_batch)
@@ -285,6 +304,9 @@ class Trained:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) batches of the run's own ``train``, ``val`` or ``test`` split, as the model
         takes them (binarized runs: one fixed binarization); the first ``n`` examples."""
+        if split not in ("train", "val", "test"):
+            raise UserError(f"split={split!r}: use train, val or test")
+        batch_size = _count(batch_size, "batch_size")
         part = self.data.eval_split(split)
         if n is not None:
             part = part.part(0, min(int(n), len(part)))
@@ -328,12 +350,34 @@ class Trained:
                             f"{'x'.join(map(str, dm.shape))}, the model takes "
                             f"{'x'.join(map(str, self.input_shape))}; give a data set of that "
                             "shape (dataset.image_size=... for a folder)")
+        takes_labels = self.conditional or needs_label(self.model)
+        if name is not None and takes_labels and list(dm.classes) != list(self.classes or []):
+            raise UserError(f"data={name}: its classes ({_names(dm.classes)}) are not the "
+                            f"run's ({_names(self.classes)}); {_family(self.model)} reads "
+                            "labels as the run's classes, so it encodes only data labelled "
+                            "with the same classes")
         return dm
 
     def _need_likelihood(self, what: str) -> None:
         if not self.has_likelihood:
             raise UserError(f"{_family(self.model)} has no likelihood bound, so it has no "
                             f"{what}; use the reconstruction error (elbo(x)['recon_error'])")
+
+
+def _names(classes) -> str:
+    classes = list(classes or [])
+    return (", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")) or "none"
+
+
+def _count(v, name: str) -> int:
+    """A whole number >= 1 (a count of images, samples, examples), or one line."""
+    try:
+        ok = not isinstance(v, bool) and float(v).is_integer() and int(v) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise UserError(f"{name}={v!r}: give a whole number >= 1")
+    return int(v)
 
 
 def needs_label(model) -> bool:
@@ -351,5 +395,6 @@ def load(run: str | Path, checkpoint: str = "best", device: str = "auto",
     :class:`vae_train.errors.UserError` with one line saying what to do."""
     from vae_train.runs import load_run
 
-    return Trained(load_run(str(run), checkpoint, device, data_root,
-                            trust_run_code=trust_run_code))
+    with torch.random.fork_rng(devices=[]):     # building seeds torch; the caller's RNG is kept
+        return Trained(load_run(str(run), checkpoint, device, data_root,
+                                trust_run_code=trust_run_code))

@@ -112,7 +112,8 @@ def model_labels(run: Trained, classes: int, use_labels: bool):
 
     def of(y: torch.Tensor) -> torch.Tensor:
         if y.dim() == 1 and len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
-            raise UserError(f"label {int(y.max())} is outside the model's classes 0..{k - 1}; "
+            bad = int(y[(y < 0) | (y >= k)][0])
+            raise UserError(f"label {bad} is outside the model's classes 0..{k - 1}; "
                             "encode a data set with the run's classes")
         return y
     return of

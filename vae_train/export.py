@@ -155,10 +155,15 @@ def _dtype(t: torch.Tensor) -> str:
     return "int64" if not t.is_floating_point() else "float32"
 
 
-def _label_port(multi_hot: int) -> Port:
+def _label_port(multi_hot: int, run) -> Port:
+    """The label input; its record says the classes (the graph itself does not check them:
+    a label outside 0..K-1 must be refused before the call)."""
+    classes = {"kind": "class labels", "num_classes": int(run.num_classes),
+               "classes": list(run.classes or []) or None}
     if multi_hot:
-        return Port("y", (multi_hot,), "int64", "0/1 attribute labels (multi-hot)")
-    return Port("y", (), "int64", "class labels")
+        return Port("y", (multi_hot,), "int64", "0/1 attribute labels (multi-hot)", classes)
+    return Port("y", (), "int64", f"class labels 0..{run.num_classes - 1} (not checked inside "
+                                  "the graph: check the range before the call)", classes)
 
 
 def parts_of(run, which: list[str]) -> list[Part]:
@@ -196,7 +201,7 @@ def parts_of(run, which: list[str]) -> list[Part]:
                                  "span": float(model.prior_span)}
                 inputs = [Port("z", (int(model.code_dim),), "float32", what, prior)]
                 if labels:
-                    inputs.append(_label_port(multi_hot))
+                    inputs.append(_label_port(multi_hot, run))
                 dec = DecoderGraph(model, False, labels)
             else:
                 raise UserError(f"parts=decoder: {family} has no code to decode (neither a "
@@ -214,7 +219,7 @@ def parts_of(run, which: list[str]) -> list[Part]:
             inputs = [Port("x", tuple(run.input_shape), "float32",
                            "images as the model takes them (floats; see docs/export.md)")]
             if labels:
-                inputs.append(_label_port(multi_hot))
+                inputs.append(_label_port(multi_hot, run))
             outputs = [Port(k, tuple(int(s) for s in v.shape[1:]), _dtype(v)) for k, v in
                        lat.items()]
             out.append(Part("encoder", EncoderGraph(model, names, labels).eval(), inputs,

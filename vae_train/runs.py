@@ -161,7 +161,9 @@ def load_run(run: str, which: str = "best", device: str = "auto",
         raise UserError(f"run={run}: the config in {ckpt} is damaged: {first_line(e)}") from None
     if data_root is not None:
         if "root" not in cfg.dataset:
-            raise UserError(f"dataset.root= given, but {cfg.dataset.name} is generated, not read")
+            what = ("reads dataset.path, not a root; it cannot be moved yet: put the file back "
+                    "where the run read it" if "path" in cfg.dataset else "is generated, not read")
+            raise UserError(f"dataset.root= given, but {cfg.dataset.name} {what}")
         cfg.dataset.root = str(data_root)
     dev, _ = resolve_device(OmegaConf.create({"type": device, "precision": 32}))
     torch.manual_seed(int(cfg.get("seed", 0)))

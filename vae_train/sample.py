@@ -118,8 +118,8 @@ def main(args):
     run = load(args.run, args.checkpoint, args.device, args.dataset.root,
                trust_run_code=args.trust_run_code)
     test = run.data.test
-    check_test_split(args, len(test))
     check_swap(args, test.y.shape[1] if test.y.dim() == 2 else run.num_classes)
+    check_test_split(args, len(test))
     need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1, int(args.swap))
     x, y = test.floats(max(need, 1000)), test.y[:max(need, 1000)]
     check_memory(bytes_per_pair(run.model, x, y),
