@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Sample quality (FID/KID with the own feature network) of vae, conv_vae and vqvae on
 # Fashion-MNIST: the runs and evaluations behind the table in docs/evaluate.md.
-#   scripts/fid_models.sh [out folder, default /tmp/runs/fid] [epochs, default 3]
+#   scripts/fid_models.sh [out folder, default outputs/fid] [epochs, default 3]
 #                         [training images, default 12000; all: null] [train|eval|all]
 # Fashion-MNIST is found in Debian's /usr/share/datasets/fashion-mnist (or see docs/data.md).
 set -euo pipefail
 # One thread per process: on a shared, busy 2-core machine two OpenMP threads per process ran
 # conv_vae 5-10x slower and KID's many small kernel matrices 100x slower.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-OUT=${1:-/tmp/runs/fid}
+OUT=${1:-outputs/fid}
 EPOCHS=${2:-3}
 TRAIN=${3:-12000}
 WHAT=${4:-all}

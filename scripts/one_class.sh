@@ -4,7 +4,7 @@
 # anomaly, by each statistic. One run after another (a shared machine: nice -n 10).
 #
 #   scripts/one_class.sh [OUT] [EPOCHS] [STATISTICS] [extra training overrides ...]
-#   scripts/one_class.sh /tmp/runs/score/one_class 3 "neg_elbo recon_error" dataset.train_size=20000
+#   scripts/one_class.sh outputs/score/one_class 3 "neg_elbo recon_error" dataset.train_size=20000
 #
 # OUT defaults to outputs/one_class, EPOCHS to 10, STATISTICS to "neg_elbo recon_error".
 # A class whose run already has checkpoints/best.pt is not trained again. TRAIN_ONLY=1 trains
