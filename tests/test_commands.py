@@ -81,7 +81,8 @@ def test_evaluate_default_tiles_on_the_cpu_and_same_seed_same_nll(runs, tmp_path
 
 @pytest.mark.parametrize("name,expected", [
     ("vae2d", {"samples", "reconstructions", "traversals", "interpolations", "manifold"}),
-    ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples"}),
+    ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples",
+              "class_swap"}),
     ("hvae", {"samples", "reconstructions", "traversals", "interpolations"}),
 ])
 @pytest.mark.slow

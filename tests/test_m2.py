@@ -206,7 +206,7 @@ def test_evaluate_and_sample(run, tmp_path, call):
     proc = call("vae_train.sample", [f"run={path}", "n=16", "dims=3", "steps=5", "pairs=2",
                                      "interp_steps=4", f"out={out}"])
     assert {p.stem for p in out.glob("*.png")} == {"samples", "class_samples", "reconstructions",
-                                                   "traversals", "interpolations"}
+                                                   "traversals", "interpolations", "class_swap"}
     with Image.open(out / "class_samples.png") as im:        # 10 classes x 10 styles
         assert im.size == (10 * 30 + 2, 10 * 30 + 2)
 
