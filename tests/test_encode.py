@@ -380,3 +380,11 @@ def test_sequences_get_a_projector_entry_without_thumbnails(tmp_path, call):
     folder = run / "projector" / "encode_test"
     assert {p.name for p in folder.iterdir()} == {"tensors.tsv", "metadata.tsv"}
     assert "sprite" not in (run / "projector_config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("module", ["vae_train.encode", "vae_train.score"])
+def test_an_unknown_data_option_is_refused_before_the_run_is_read(module, tmp_path, call):
+    res = call(module, [f"run={tmp_path / 'no-run'}", "data=nosuch"], check=False)
+    assert res.returncode == 2
+    assert "data=nosuch is not a data set option" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -319,19 +319,14 @@ class Trained:
         Its examples must have the model's shape (one line naming both when not)."""
         from omegaconf import OmegaConf
 
-        from vae_train import CONFIG_DIR, trust
+        from vae_train import trust
         from vae_train.build import load_image_data
         from vae_train.data import DataModule
 
         if name is None:
             node = OmegaConf.create(OmegaConf.to_container(self.cfg.dataset, resolve=False))
         else:
-            path = Path(CONFIG_DIR) / "dataset" / f"{name}.yaml"
-            if not path.is_file():
-                known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-                raise UserError(f"data={name} is not a data set option; use one of "
-                                f"{', '.join(known)} (or leave data= out for the run's own)")
-            node = OmegaConf.load(path)
+            node = OmegaConf.load(data_option(name))
             for key in ("binarize", "binarize_seed"):
                 if key in self.cfg.dataset:
                     node[key] = self.cfg.dataset[key]
@@ -362,6 +357,20 @@ class Trained:
         if not self.has_likelihood:
             raise UserError(f"{_family(self.model)} has no likelihood bound, so it has no "
                             f"{what}; use the reconstruction error (elbo(x)['recon_error'])")
+
+
+def data_option(name: str) -> Path:
+    """The config file of the data set option ``name`` (``configs/dataset/<name>.yaml``), or
+    one line listing the options: what ``data=`` of the commands is checked with before a run
+    is loaded."""
+    from vae_train import CONFIG_DIR
+
+    path = Path(CONFIG_DIR) / "dataset" / f"{name}.yaml"
+    if not path.is_file() or "/" in name or "\\" in name or name.startswith("."):
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"data={name} is not a data set option; use one of "
+                        f"{', '.join(known)} (or leave data= out for the run's own)")
+    return path
 
 
 def _names(classes) -> str:

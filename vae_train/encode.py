@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vae_train.api import Trained, default_max_batch, load, log_likelihood, per_example
+from vae_train.api import (Trained, data_option, default_max_batch, load, log_likelihood,
+                           per_example)
 from vae_train.checks import BOOLEAN, Rule, one_of, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
@@ -378,6 +379,8 @@ def main(args):
             log_to_run = False
 
     own_root = overrides.get("root") if not args.data else None
+    if args.data:
+        data_option(str(args.data))            # a data set option: checked before loading
     run = load(args.run, args.checkpoint, args.device, own_root,
                trust_run_code=args.trust_run_code)
     k = int(args.k)

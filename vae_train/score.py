@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vae_train.api import default_max_batch, load, log_likelihood, per_example
+from vae_train.api import data_option, default_max_batch, load, log_likelihood, per_example
 from vae_train.checks import BOOLEAN, Rule, is_int, number, one_of, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
@@ -254,6 +254,8 @@ def main(args):
     out = run_dir / "score"
     if (run_dir / ".hydra").is_dir():
         check_output(out, f"run={args.run} (where score/{name}.json is written)")
+    if args.data:
+        data_option(str(args.data))            # a data set option: checked before loading
     run = load(args.run, args.checkpoint, args.device, args.dataset.root,
                trust_run_code=args.trust_run_code)
     if statistic != "recon_error" and not run.has_likelihood:
