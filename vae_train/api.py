@@ -30,8 +30,8 @@ from vae_train.errors import UserError
 from vae_train.patches import ONEDNN_TILE, fast_linears
 from vae_train.models.base import CategoricalCode, Classifier, CodeGrid, HasCode, LatentVariable
 
-__all__ = ["Trained", "default_max_batch", "load", "log_likelihood", "per_example",
-           "sample_chunks"]
+__all__ = ["Trained", "default_max_batch", "load", "log_likelihood",
+           "log_likelihood_by_groups", "per_example", "sample_chunks"]
 
 
 def sample_chunks(k: int, chunk: int) -> list[int]:
@@ -63,6 +63,17 @@ def log_likelihood(model, x: torch.Tensor, y: torch.Tensor | None, k: int,
         out = model.infer(x, y, k=kk, analytic_kl=False)
         parts.append(torch.logsumexp(out["log_px"] + out["log_pz"] - out["log_qz"], dim=0))
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
+
+
+def log_likelihood_by_groups(model, x: torch.Tensor, y: torch.Tensor | None, k: int,
+                             max_batch: int) -> torch.Tensor:
+    """:func:`log_likelihood` per example (B,) over a batch of any size: a few examples at a
+    time (``max_batch // k``, at least one), each with all its samples, so the encoder runs
+    once per example and chunk and a decoder call stays within ``max_batch`` pairs."""
+    group = max(1, int(max_batch) // int(k))
+    return torch.cat([log_likelihood(model, x[i:i + group], None if y is None
+                                     else y[i:i + group], int(k), int(max_batch))
+                      for i in range(0, len(x), group)])
 
 
 @torch.no_grad()
@@ -266,11 +277,8 @@ class Trained:
         x = self.prepare(x)
         y = self._y(y, len(x)) if self.conditional else None
         mb = default_max_batch(self.device) if max_batch is None else int(max_batch)
-        group = max(1, mb // int(k))
         with fast_linears(self.model):
-            return torch.cat([log_likelihood(self.model, x[i:i + group],
-                                             None if y is None else y[i:i + group], int(k), mb)
-                              for i in range(0, len(x), group)])
+            return log_likelihood_by_groups(self.model, x, y, k, mb)
 
     @torch.no_grad()
     def elbo(self, x, y=None) -> dict[str, torch.Tensor]:

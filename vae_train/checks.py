@@ -85,6 +85,11 @@ def int_list(nonempty: bool = False) -> Rule:
                 else "a list of positive integers")
 
 
+CLASS_LABELS = Rule(lambda v: not isinstance(v, (str, bytes)) and len(v) > 0
+                    and all(is_int(c) and c >= 0 for c in v),
+                    "a list of class labels (integers >= 0)")
+
+
 def one_of(*choices, what: str | None = None) -> Rule:
     return Rule(lambda v: v in choices, what or ", ".join(map(str, choices[:-1]))
                 + f" or {choices[-1]}")

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vae_train.api import (Trained, data_option, default_max_batch, load, log_likelihood,
-                           per_example)
+from vae_train.api import (Trained, data_option, default_max_batch, load,
+                           log_likelihood_by_groups, per_example)
 from vae_train.checks import BOOLEAN, Rule, one_of, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
@@ -420,7 +420,6 @@ def main(args):
     vectors, vector_name, sprite = [], None, []
     num_codes = run.model.num_codes if isinstance(run.model, CodeGrid) else None
     start = time.perf_counter()
-    group = max(1, max_batch // max(k, 1))
     desc = f"encode k={k}" if k else "encode"
     with torch.no_grad(), fast_linears(run.model), tqdm(
             total=n, desc=desc, unit="ex", leave=False,
@@ -438,10 +437,7 @@ def main(args):
                 # -log p(x | y) for conditional models, else -log p(x) (M2: y summed out,
                 # as in its -ELBO), as vae_train.api's log_prob and elbo
                 yl = ym if run.conditional else None
-                rows["nll"] = -torch.cat([
-                    log_likelihood(run.model, x[i:i + group], None if yl is None
-                                   else yl[i:i + group], k, max_batch)
-                    for i in range(0, len(x), group)])
+                rows["nll"] = -log_likelihood_by_groups(run.model, x, yl, k, max_batch)
             rows["index"] = torch.arange(at, at + len(x))
             rows["label"] = y
             result.add(rows)

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vae_train.api import data_option, default_max_batch, load, log_likelihood, per_example
-from vae_train.checks import BOOLEAN, Rule, is_int, number, one_of, optional
+from vae_train.api import (data_option, default_max_batch, load, log_likelihood_by_groups,
+                           per_example)
+from vae_train.checks import BOOLEAN, CLASS_LABELS, Rule, number, one_of, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.errors import UserError
 from vae_train.files import write_bytes, write_json
@@ -50,11 +51,6 @@ STATISTICS = ("nll", "neg_elbo", "recon_error")
 K_MAX = 10**6
 
 
-def _labels(v) -> bool:
-    return (not isinstance(v, (str, bytes)) and len(v) > 0
-            and all(is_int(c) and c >= 0 for c in v))
-
-
 NAME = Rule(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v
             and "\\" not in v and not v.startswith("."), "a file name (no folders)")
 
@@ -64,7 +60,7 @@ CHECKS = {"run": PATH, "checkpoint": PATH,
           "fpr": number(0, 1, low_open=True, high_open=True,
                         what="a false-positive rate in (0, 1), e.g. 0.05"),
           "split": one_of("test", "val", "train"),
-          "anomalies": optional(Rule(_labels, "a list of class labels"),
+          "anomalies": optional(CLASS_LABELS,
                                 "null or a non-empty list of class labels, e.g. [3] or [1,7]"),
           "data": optional(PATH, "null or a data set option (mnist, fashion_mnist, ...)"),
           "data_root": optional(PATH, "null or a path"),
@@ -161,10 +157,7 @@ def score_batch(model, x: torch.Tensor, y: torch.Tensor | None, statistic: str, 
     """Per-example scores (B,) of one batch, higher = more anomalous."""
     y = y if model.conditional else None
     if statistic == "nll":
-        group = max(1, max_batch // k)
-        out = [-log_likelihood(model, x[i:i + group], None if y is None else y[i:i + group],
-                               k, max_batch) for i in range(0, len(x), group)]
-        return torch.cat(out).float().cpu()
+        return (-log_likelihood_by_groups(model, x, y, k, max_batch)).float().cpu()
     return per_example(model, x, y)[statistic].float().cpu()
 
 

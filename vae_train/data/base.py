@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vae_train.checks import Checked, Rule, integer, is_int, is_num, number, one_of, optional
+from vae_train.checks import (CLASS_LABELS, Checked, Rule, integer, is_int, is_num, number,
+                              one_of, optional)
 from vae_train.data.factors import FactorGrid
 from vae_train.data.rows import Rows
 from vae_train.data.validate import check_image_data, origin_of
@@ -83,10 +84,8 @@ class DataSet(Checked, ABC):
         "labeled": optional(integer(1)),
         "in_memory": Rule(lambda v: v in (True, False, "auto"), "true, false or auto"),
         "memory_share": number(0, 1, low_open=True),
-        "exclude_classes": optional(Rule(
-            lambda v: not isinstance(v, (str, bytes)) and len(v) > 0 and all(
-                is_int(c) and c >= 0 for c in v), "a list of class labels (integers >= 0)"),
-            "null or a non-empty list of class labels (integers >= 0)"),
+        "exclude_classes": optional(CLASS_LABELS,
+                                    "null or a non-empty list of class labels (integers >= 0)"),
     }
 
     def __init__(self, name: str | None = None, train_size: int | None = None,
