@@ -56,7 +56,7 @@ def build(cfg: DictConfig, device: torch.device, memory: str = "train"):
     dm = DataModule(data, device, dataset.binarize, dataset.val_size, dataset.split_seed,
                     dataset.binarize_seed, dataset.in_memory, dataset.memory_share)
     objective = instantiate_node(cfg.loss, "loss", Objective)
-    likelihood = objective.make_likelihood(dm.shape[0], dm.values, dm.name)
+    likelihood = objective.make_likelihood(dm.shape[-3], dm.values, dm.name)
 
     def make_model(lik=likelihood):
         return instantiate_node(cfg.model, "model", Model, input_shape=dm.shape,

@@ -37,6 +37,10 @@ The capabilities:
 :class:`CategoricalCode` N categorical latent variables of K classes (pictures: per-variable sweeps)
 :class:`CodeGrid`        a grid of discrete codes (pictures: code maps); may have a prior to sample
 :class:`SampledPrior`    a code whose prior is known by samples (pictures: scatter of codes)
+:class:`VideoModel`      examples are videos (T, C, H, W): a content code per sequence, dynamics per
+                         frame; content swap, dynamics sampling, next-frame prediction
+:class:`Hierarchy`       several stochastic layers: the KL of each is logged (and can be floored or
+                         balanced per layer); pictures vary one layer and hold the others
 =======================  ===========================================================================
 """
 
@@ -87,10 +91,14 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
 
     config_group = "model"
     conditional: bool = False
+    example_dims: int = 3     # dimensions of one example: 3 for (C, H, W); a video model: 4
 
     def __init__(self, input_shape, num_classes: int = 0, likelihood: nn.Module | None = None):
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)      # (C, H, W)
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != self.example_dims:
+            raise UserError(_wrong_kind(type(self).__name__, self.example_dims, shape))
+        self.input_shape = shape                                    # (C, H, W)
         self.num_classes = int(num_classes)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         # What the decoder outputs per example: the likelihood's parameters per pixel (one
@@ -124,6 +132,18 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` mean images drawn from the prior (``generator``: a CPU generator, so drawing
         never moves the training RNG); conditional models draw class ``y[i]``."""
+
+
+_KINDS = {3: "images (C x H x W)", 4: "videos (T x C x H x W)"}
+
+
+def _wrong_kind(name: str, dims: int, shape: tuple) -> str:
+    """The line refusing examples of the wrong number of dimensions for a model."""
+    hint = ("use model=video_vae for videos" if len(shape) == 4 else
+            "use dataset=moving_mnist (or arrays of N x T x C x H x W) for a video model")
+    return (f"model {name} takes {_KINDS.get(dims, f'{dims}-D examples')}; this data set's "
+            f"examples are {'x'.join(map(str, shape))} "
+            f"({_KINDS.get(len(shape), f'{len(shape)}-D')}); {hint}")
 
 
 class LatentVariable(ABC):
@@ -295,6 +315,59 @@ class SampledPrior(HasCode):
     def prior_span(self) -> float:
         """Half the side of a square around 0 that holds nearly all of the prior's mass in the
         first two code dimensions (the range pictures draw)."""
+
+
+class VideoModel(ABC):
+    """A model of videos (examples (T, C, H, W)) with a per-sequence content code and
+    per-frame dynamics."""
+
+    frames: int     # T
+    prefix: int     # frames given to predict the rest from, in evaluate and pictures
+
+    @abstractmethod
+    def swap(self, x_dynamics: torch.Tensor, x_content: torch.Tensor) -> torch.Tensor:
+        """Mean frames (B, T, C, H, W): the dynamics of each sequence of ``x_dynamics`` drawn
+        with the content of the same row of ``x_content``."""
+
+    @abstractmethod
+    def sample_dynamics(self, x_content: torch.Tensor, n: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean frames (B, n, T, C, H, W): each sequence's content with ``n`` dynamics drawn
+        from the prior."""
+
+    @abstractmethod
+    def predict(self, x_prefix: torch.Tensor, steps: int) -> torch.Tensor:
+        """Mean frames (B, steps, C, H, W) following the prefix (B, P, C, H, W)."""
+
+
+class Hierarchy(ABC):
+    """Several stochastic layers (groups), numbered from the data up: layer 1 is nearest x,
+    layer L the top (the code). ``kl_dims`` of :meth:`LatentVariable.infer` holds them in that
+    order."""
+
+    @property
+    @abstractmethod
+    def layer_slices(self) -> list[slice]:
+        """For each layer, bottom first, which entries of ``kl_dims``' last dimension are its."""
+
+    @abstractmethod
+    def layer_noise(self, n: int, generator: torch.Generator | None = None
+                    ) -> list[torch.Tensor]:
+        """Standard normal noise for ``n`` draws from the prior, one tensor per layer (bottom
+        first), on the CPU, in the shapes :meth:`sample_from_noise` takes."""
+
+    @abstractmethod
+    def sample_from_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Mean images drawn ancestrally from the prior, top layer first, each layer's z its
+        prior mean plus its standard deviation times the given noise (so holding one layer's
+        noise and changing another's varies only that layer's draw)."""
+
+
+def layer_slices_of(model: nn.Module, kl_size: int) -> list[slice]:
+    """The model's layers, or one layer of every latent dimension."""
+    if isinstance(model, Hierarchy):
+        return list(model.layer_slices)
+    return [slice(0, kl_size)]
 
 
 # -- what callers ask ------------------------------------------------------------------------
