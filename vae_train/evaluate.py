@@ -50,7 +50,7 @@ from vae_train.fid import Unavailable, describe, require, sample_quality
 from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.memory import bytes_per_pair, check_memory
-from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable
+from vae_train.models.base import ExtraMetrics, HasCode, LatentVariable, layer_slices_of
 from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.patches import fast_linears
 from vae_train.api import default_max_batch, load, log_likelihood
@@ -98,6 +98,10 @@ CHECKS = {"run": PATH, "checkpoint": PATH,
           "kid_subsets": count(1, KID_SUBSETS_MAX),
           "kid_subset_size": count(2, FID_N_MAX),
           "pr_k": count(0, PR_K_MAX, f"an integer in [0, {PR_K_MAX}] (0: no precision/recall)")}
+
+
+# A latent dimension "carries information" when its mean KL exceeds this many nats.
+KL_UNIT = 0.01
 
 
 def active_units(means: list[torch.Tensor], threshold: float) -> list[int]:
@@ -164,6 +168,14 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
             "latent_dims_per_layer": [m.shape[1] for m in means],
             "kl_per_dim": [round(v, 5) for v in (kl_dims / n).tolist()],
         })
+        # Per stochastic layer: its KL, and its dimensions that carry more than KL_UNIT nats.
+        # In a top-down hierarchy a lower layer's posterior mean moves with the layers above
+        # even when the layer adds nothing (q = p), so its Burda active units overstate it;
+        # the KL says what the layer itself holds.
+        per_dim = kl_dims.double() / n
+        slices = layer_slices_of(model, len(per_dim))
+        result["kl_per_layer"] = [round(float(per_dim[sl].sum()), 4) for sl in slices]
+        result["kl_units_per_layer"] = [int((per_dim[sl] > KL_UNIT).sum()) for sl in slices]
     if isinstance(model, ExtraMetrics):
         own = model.evaluate_summary(extra, n)
         result.update(own)
@@ -229,6 +241,10 @@ def print_table(result: dict, file=None) -> None:
                       f"kl {result['kl']:.2f})"),
             ("gap (-ELBO - NLL)", f"{-result['elbo'] - result['nll']:.2f} nats"),
             ("active units", au),
+            *([("KL per layer", " + ".join(f"{v:.2f}" for v in result["kl_per_layer"])
+                + " nats  (units above 0.01 nats: " + " + ".join(
+                    f"{u}/{d}" for u, d in zip(result["kl_units_per_layer"], layers)) + ")")]
+              if len(result.get("kl_per_layer", [])) > 1 else []),
             ("largest KL per dim",
              ", ".join(f"{v:.2f}" for v in kl[:8]) + (" ..." if len(kl) > 8 else "")),
         ]

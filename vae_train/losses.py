@@ -17,7 +17,8 @@ from vae_train.checks import BOOLEAN, Checked, integer, number, one_of
 from vae_train.errors import UserError
 from vae_train.distributions import (BernoulliLikelihood, DiscretizedGaussian,
                                      DiscretizedLogisticMixture, GaussianLikelihood)
-from vae_train.models.base import OwnsObjective, schedule_terms as model_schedule_terms
+from vae_train.models.base import (Hierarchy, OwnsObjective, layer_slices_of,
+                                   schedule_terms as model_schedule_terms)
 
 # Entries of an objective's dict that are settings in force (logged), not loss terms.
 SCHEDULE_TERMS = frozenset({"kl_weight", "beta", "warmup", "C", "gamma", "k", "tau"})
@@ -83,6 +84,23 @@ class Objective(Checked, nn.Module):
         return BernoulliLikelihood()
 
 
+def layer_kls(model, kl_dims: torch.Tensor) -> torch.Tensor | None:
+    """(..., L): the KL of each stochastic layer of a :class:`Hierarchy` model (bottom first)
+    from ``kl_dims`` (..., D); None for a model of one layer."""
+    if not isinstance(model, Hierarchy):
+        return None
+    return torch.stack([kl_dims[..., sl].sum(-1)
+                        for sl in layer_slices_of(model, kl_dims.shape[-1])], dim=-1)
+
+
+def layer_terms(layer_kl: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``kl_1`` .. ``kl_L``: each layer's KL, batch means (logged beside ``kl``)."""
+    if layer_kl is None:
+        return {}
+    means = layer_kl.reshape(-1, layer_kl.shape[-1]).mean(0)
+    return {f"kl_{l + 1}": v for l, v in enumerate(means)}
+
+
 def schedule_terms(model, step) -> dict:
     """The model's own schedules in force at ``step`` (a temperature), to be logged."""
     return {k: torch.tensor(float(v)) for k, v in model_schedule_terms(model, step).items()}
@@ -107,21 +125,40 @@ class ELBO(Objective):
     dimension below it. ``analytic_kl`` uses the closed form where the model has one; false
     uses the single-sample estimate log q(z|x) - log p(z), as the IWAE paper's VAE does.
 
+    For a model of several stochastic layers (:class:`~vae_train.models.base.Hierarchy`) the
+    KL of each layer is logged (``kl_1`` .. ``kl_L``, layer 1 nearest the data);
+    ``free_bits_layer`` > 0 floors each layer's batch-mean KL instead of each dimension's;
+    ``kl_balance`` weighs the layers' KL terms during warm-up in proportion to their KL per
+    dimension (batch means, normalised to a mean weight of 1, as NVAE's KL balancing), so a
+    layer that holds little information is pressed less to give it up; after warm-up every
+    weight is 1, and the objective is the ELBO again.
+
     Returns a dict of named terms in nats per example; ``loss`` is what is minimised and
     ``elbo`` is the unweighted bound (what a likelihood comparison should use).
     """
 
     checks = {"beta": number(0), "warmup_steps": integer(0),
               "free_bits": number(0, what="a number >= 0 (nats per dimension)"),
-              "analytic_kl": BOOLEAN}
+              "free_bits_layer": number(0, what="a number >= 0 (nats per layer)"),
+              "kl_balance": BOOLEAN, "analytic_kl": BOOLEAN}
 
     def __init__(self, beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0,
-                 analytic_kl: bool = True, **likelihood):
+                 analytic_kl: bool = True, free_bits_layer: float = 0.0,
+                 kl_balance: bool = False, **likelihood):
         super().__init__(**likelihood)
         self.beta = float(beta)
         self.warmup_steps = int(warmup_steps)
         self.free_bits = float(free_bits)
         self.analytic_kl = bool(analytic_kl)
+        self.free_bits_layer = float(free_bits_layer)
+        self.kl_balance = bool(kl_balance)
+        if self.free_bits > 0 and self.free_bits_layer > 0:
+            raise UserError("loss.free_bits (per dimension) and loss.free_bits_layer (per "
+                            "layer) are two floors for the same KL; set one of them to 0")
+        if self.kl_balance and self.warmup_steps <= 0:
+            raise UserError("loss.kl_balance=true balances the layers during KL warm-up, and "
+                            "loss.warmup_steps=0 has none; set loss.warmup_steps (e.g. 10 "
+                            "epochs of steps)")
 
     def warmup(self, step: int | None, train: bool = True) -> float:
         """The warm-up factor in [0, 1] at optimizer step ``step`` (1 in evaluation)."""
@@ -143,25 +180,45 @@ class ELBO(Objective):
         return recon, kl, kl_dims
 
     def penalty(self, kl: torch.Tensor, kl_dims: torch.Tensor, step,
-                train: bool = True) -> tuple[torch.Tensor, dict]:
-        """The KL part of the loss (a batch mean) and the schedule values to log."""
+                train: bool = True, layer_kl: torch.Tensor | None = None,
+                layer_sizes: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+        """The KL part of the loss (a batch mean) and the schedule values to log.
+        ``layer_kl`` (B, L): each layer's KL, and ``layer_sizes`` their dimensions, for a model
+        of several layers."""
         weight = self.kl_weight(step, train)
         kl_term = kl.mean()
         if self.free_bits > 0:
             kl_term = kl_dims.mean(0).clamp_min(self.free_bits).sum()
+        elif layer_kl is not None and (self.free_bits_layer > 0 or self.kl_balance):
+            per_layer = layer_kl.mean(0).clamp_min(self.free_bits_layer)
+            if self.kl_balance and self.warmup(step, train) < 1.0:
+                per_layer = per_layer * self.balance(layer_kl, layer_sizes)
+            kl_term = per_layer.sum()
         return weight * kl_term, {"kl_weight": weight, "beta": self.beta,
                                   "warmup": self.warmup(step, train)}
+
+    @staticmethod
+    def balance(layer_kl: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """(L,) weights of the layers' KL terms: proportional to each layer's batch-mean KL per
+        dimension (``sizes``: the layers' dimensions), plus 0.01 nats so an empty layer keeps
+        a small weight, with mean 1; no gradient flows through them."""
+        size = torch.tensor(sizes, dtype=layer_kl.dtype, device=layer_kl.device)
+        share = layer_kl.detach().abs().mean(0) / size + 0.01
+        return share / share.mean()
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor | None = None,
                 step: int | None = None, train: bool = True, phase: str | None = None
                 ) -> dict[str, torch.Tensor]:
         recon, kl, kl_dims = self.kl_terms(model, x, y, step)
-        penalty, logged = self.penalty(kl, kl_dims, step, train)
+        layer_kl = layer_kls(model, kl_dims)
+        sizes = [sl.stop - sl.start for sl in layer_slices_of(model, kl_dims.shape[-1])]
+        penalty, logged = self.penalty(kl, kl_dims, step, train, layer_kl, sizes)
         terms = {
             "loss": recon.mean() + penalty,
             "recon": recon.mean(),
             "kl": kl.mean(),
             "elbo": -(recon + kl).mean(),
+            **layer_terms(layer_kl),
         }
         terms.update({k: torch.tensor(float(v)) for k, v in logged.items()})
         terms.update(schedule_terms(model, step))
@@ -194,9 +251,9 @@ class BetaVAE(ELBO):
             return self.C_max
         return self.C_max * min(1.0, step / self.C_stop_steps)
 
-    def penalty(self, kl, kl_dims, step, train: bool = True):
+    def penalty(self, kl, kl_dims, step, train: bool = True, layer_kl=None, layer_sizes=None):
         if not self.capacity:
-            return super().penalty(kl, kl_dims, step, train)
+            return super().penalty(kl, kl_dims, step, train, layer_kl, layer_sizes)
         c = self.C(step)
         weight = self.gamma * self.warmup(step, train)
         return weight * (kl.mean() - c).abs(), {"kl_weight": weight, "C": c, "gamma": self.gamma,
@@ -237,6 +294,7 @@ class IWAE(Objective):
             "kl": kl,
             "elbo": log_w.mean(),
             "k": torch.tensor(float(self.k)),
+            **layer_terms(layer_kls(model, out["kl_dims"])),
         }
         terms.update(schedule_terms(model, step))
         return terms

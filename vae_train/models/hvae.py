@@ -17,12 +17,13 @@ import torch
 
 from vae_train.checks import int_list, integer
 from vae_train.distributions import DiagGaussian, standard_normal_log_prob_dims
+from vae_train.models.base import Hierarchy
 from vae_train.models.gaussian import GaussianVAE
 from vae_train.nets import mlp
 from vae_train.nets.mlp import ACTIVATION
 
 
-class HVAE(GaussianVAE):
+class HVAE(GaussianVAE, Hierarchy):
     checks = {"latent_dim2": integer(1), "hidden_dims": int_list(), "hidden_dims2": int_list(),
               "activation": ACTIVATION}
 
@@ -100,11 +101,23 @@ class HVAE(GaussianVAE):
         return {"mean": q1.mu, "logvar": q1.logvar, "mean2": q2.mu, "logvar2": q2.logvar,
                 "code": q2.mu}
 
+    @property
+    def layer_slices(self) -> list:
+        return [slice(0, self.latent_dim), self.code_kl_slice]
+
+    def layer_noise(self, n: int, generator: torch.Generator | None = None) -> list:
+        z2 = torch.randn(n, self.latent_dim2, generator=generator)     # the top drawn first
+        return [torch.randn(n, self.latent_dim, generator=generator), z2]
+
+    @torch.no_grad()
+    def sample_from_noise(self, noise: list) -> torch.Tensor:
+        """z2 = its noise, z1 = the mean of p(z1 | z2) plus its std times its noise."""
+        eps1, z2 = (e.to(self.device) for e in noise)
+        p1 = self.p1(z2)
+        return self.likelihood.mean(self.decode(p1.mu + eps1 * p1.std))
+
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z2 ~ N(0, I), z1 ~ p(z1 | z2), then the mean image of p(x | z1)."""
-        device = self.device
-        z2 = torch.randn(n, self.latent_dim2, generator=generator).to(device)
-        p1 = self.p1(z2)
-        eps = torch.randn(n, self.latent_dim, generator=generator).to(device)
-        return self.likelihood.mean(self.decode(p1.mu + eps * p1.std))
+        eps1, z2 = self.layer_noise(n, generator)
+        return self.sample_from_noise([eps1, z2])

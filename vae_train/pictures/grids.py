@@ -161,3 +161,30 @@ def class_swap(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (or with each attribute flipped)."""
     imgs = class_swap_images(model, x, y)
     return make_grid(imgs.flatten(0, 1).cpu(), nrow=imgs.shape[1], pad_value=0.5)
+
+
+@torch.no_grad()
+def layer_variations_images(model, n: int = 8, seed: int = 0, rows: int = 2) -> torch.Tensor:
+    """(rows, L, n, C, H, W) draws from a :class:`~vae_train.models.base.Hierarchy` model's
+    prior: for each of ``rows`` draws held fixed (one base noise per layer) and each layer l
+    from the top, ``n`` images in which only layer l's noise is drawn afresh; the layers above
+    keep their held draw and the layers below follow their prior at their held noise."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(rows):
+        base = model.layer_noise(1, g)
+        per_layer = []
+        for layer in reversed(range(len(base))):
+            noise = [b.expand(n, *b.shape[1:]).clone() for b in base]
+            noise[layer] = model.layer_noise(n, g)[layer]
+            per_layer.append(model.sample_from_noise(noise).float().cpu())
+        out.append(torch.stack(per_layer))
+    return torch.stack(out)
+
+
+def layer_variations(model, n: int = 8, seed: int = 0, rows: int = 2) -> torch.Tensor:
+    """Per-layer traversals of a hierarchy: blocks of one row per layer (the top first), each
+    row varying that layer alone (:func:`layer_variations_images`); a row that changes little
+    is a layer that holds little."""
+    imgs = layer_variations_images(model, n, seed, rows)
+    return make_grid(imgs.flatten(0, 2), nrow=n, pad_value=0.5)
