@@ -11,6 +11,7 @@ from vae_train.config import validate
 from vae_train.device import resolve_device
 from test_celeba import write_celeba
 from test_folder import write_classes
+from test_video import write_video_folder
 from vae_train.data.cifar import write_cifar100, write_cifar_batch
 from vae_train.data.svhn import write_svhn
 from vae_train.errors import UserError
@@ -60,7 +61,9 @@ def data_root(tmp_path_factory):
         write_svhn(root / f"{split}_32x32.mat", rng.integers(0, 256, (24, 3, 32, 32)),
                    rng.integers(0, 10, 24))
     np.save(root / "arrays.npy", rng.normal(size=(60, 12)).astype(np.float32))
+    np.save(root / "video.npy", rng.integers(0, 256, (30, 3, 3, 32, 32), dtype=np.uint8))
     write_classes(root / "images", {"a": 20, "b": 20})
+    write_video_folder(root / "videos", ["a", "b"], per_class=10, frames=4)
     write_celeba(root / "celeba")
     return root
 
@@ -79,11 +82,28 @@ def _build_and_step(cfg, tmp_path):
     return dm, model
 
 
+# Models of videos (examples T x C x H x W): built on videos of the same frame shapes, grey
+# (moving_mnist from the MNIST-like IDX files of data_root) and colour (arrays of
+# N x T x 3 x 32 x 32), instead of on images, which they refuse (tests/test_video.py).
+VIDEO_MODELS = {"video_vae"}
+
+
+def video_data(shape, data_root):
+    if shape == "3x32":
+        return ["dataset=arrays", f"dataset.path={data_root / 'video.npy'}"]
+    return ["dataset=moving_mnist", "dataset.source=mnist", f"dataset.root={data_root}",
+            "dataset.num_train=40", "dataset.num_test=10", "dataset.frames=3",
+            "dataset.image_size=28", "dataset.object_size=12"]
+
+
 @pytest.mark.parametrize("option", options("model"))
 @pytest.mark.parametrize("shape", ["1x28", "3x32"])
-def test_every_model_builds_for_grey_and_colour_images(option, shape, tmp_path):
+def test_every_model_builds_for_grey_and_colour_images(option, shape, data_root, tmp_path):
     extra = ["dataset.channels=3", "dataset.image_size=32"] if shape == "3x32" else []
-    cfg = compose_cfg([f"model={option}", *SMALL, *extra])
+    data = [*SMALL, *extra]
+    if option in VIDEO_MODELS:
+        data = video_data(shape, data_root)
+    cfg = compose_cfg([f"model={option}", *data])
     dm, model = _build_and_step(cfg, tmp_path)
     assert model.input_shape == dm.shape
 
@@ -98,13 +118,19 @@ def test_every_dataset_builds(option, data_root, tmp_path):
                  "folder": ["dataset=folder", f"dataset.path={data_root / 'images'}",
                             "dataset.channels=1"],
                  "celeba": ["dataset=celeba", f"dataset.root={data_root}", "dataset.download=false",
-                            "dataset.image_size=32", "dataset.val_size=1"]}
+                            "dataset.image_size=32", "dataset.val_size=1"],
+                 # videos: built with the video model (image models are for images)
+                 "moving_mnist": ["model=video_vae", *video_data("1x28", data_root)],
+                 "video_folder": ["model=video_vae", "dataset=video_folder",
+                                  f"dataset.path={data_root / 'videos'}"]}
     cfg = compose_cfg(generated.get(option) or
                       [f"dataset={option}", f"dataset.root={data_root}", "dataset.download=false"])
     dm, _ = _build_and_step(cfg, tmp_path)
     assert dm.shape == {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32),
                         "arrays": (1, 1, 12), "folder": (1, 10, 12), "celeba": (3, 32, 32),
-                        "sines": (1, 64, 1), "dsprites": (1, 64, 64)}.get(option, (1, 28, 28))
+                        "sines": (1, 64, 1), "dsprites": (1, 64, 64),
+                        "moving_mnist": (3, 1, 28, 28),
+                        "video_folder": (4, 1, 16, 16)}.get(option, (1, 28, 28))
 
 
 @pytest.mark.parametrize("option", options("loss"))

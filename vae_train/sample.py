@@ -14,6 +14,12 @@ model:
                           around the code of test image ``image``; the image itself at the left;
 * ``interpolations.png``  pairs of test images with the decoded straight line between their codes;
 * ``manifold.png``        2-D codes only: a grid of codes at Gaussian quantiles;
+* videos (``model=video_vae``): ``reconstructions.png`` and ``samples.png`` as frame strips
+  (one row per sequence, one column per frame; at most 16 sequences), ``content_swap.png``
+  (groups of three rows: sequence A, sequence B, A's dynamics with B's content),
+  ``dynamics.png`` (a test sequence, then its content with dynamics drawn from the prior),
+  ``prediction.png`` (a test sequence, then its first ``prefix`` frames, dimmed, followed by
+  the predicted frames) and ``samples.gif``, an animation of the samples;
 * ``class_swap.png``      conditional models (cvae, a labelled folder, CelebA attributes) and
                           M2: ``swap`` test images, each followed by its style code (the
                           posterior mean given its own label) decoded as every class (for
@@ -42,6 +48,9 @@ from vae_train.logging import TBLogger
 from vae_train.options import PATH, SEED, check_options, check_output, count
 from vae_train.pictures import SampleOptions, sample_figures, save_figures
 from vae_train.api import load
+from vae_train.models.base import VideoModel
+from vae_train.pictures.figures import VIDEO_ROWS
+from vae_train.pictures.video import sample_videos, write_gif
 from vae_train.runs import hydra_app
 
 USAGE = ("usage: python -m vae_train.sample run=<run dir> [n=64] [seed=0] [checkpoint=best] "
@@ -121,7 +130,10 @@ def main(args):
     check_swap(args, test.y.shape[1] if test.y.dim() == 2 else run.num_classes)
     check_test_split(args, len(test))
     need = max(int(args.n), 2 * int(args.pairs), int(args.image) + 1, int(args.swap))
-    x, y = test.floats(max(need, 1000)), test.y[:max(need, 1000)]
+    video = isinstance(run.model, VideoModel)
+    # videos: only the sequences drawn (each is T frames), not a thousand
+    need = min(need, VIDEO_ROWS) if video else max(need, 1000)
+    x, y = test.floats(need), test.y[:need]
     check_memory(bytes_per_pair(run.model, x, y),
                  {f"n={args.n}": (int(args.n), "images"),
                   f"steps={args.steps}": (int(args.steps), "images"),
@@ -137,6 +149,9 @@ def main(args):
         print(note, file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     paths = save_figures(figs, out)
+    if video:
+        gif = sample_videos(run.model, min(int(args.n), VIDEO_ROWS), int(args.seed))
+        paths.append(write_gif(gif, out / "samples.gif"))
     if log_to_run:
         tb = TBLogger(run.run_dir)
         tb.images(figs, run.step, prefix="sample")

@@ -6,7 +6,9 @@ Accepted shapes (N examples first) and how they are stored, like every data set,
 - N x D vectors -> (N, 1, 1, D) (a ``.csv`` is always this: one row per example);
 - N x T x F sequences -> (N, 1, T, F) (what ``model=rnn_vae`` reads: T steps of F features);
 - N x C x H x W images -> as they are; uint8 stays uint8 (0..255, values ``8bit``), other
-  types become float32.
+  types become float32;
+- N x T x C x H x W videos (T frames of C x H x W, what ``model=video_vae`` reads) -> as they
+  are, stored (N, T, C, H, W), with the same rules for their values.
 
 Where the pieces come from:
 
@@ -63,7 +65,8 @@ SPLIT_X = ("x_train", "x_test")                   # a .npz with both splits
 SPLIT_LABELS = (("y_train", "y_test"), ("labels_train", "labels_test"))
 DEFAULT_LABEL_COLUMN = "label"
 CHUNK_BYTES = 32 * 2 ** 20                        # float64 temporaries per chunk, at most
-SHAPES = "N x D vectors, N x T x F sequences or N x C x H x W images"
+SHAPES = ("N x D vectors, N x T x F sequences, N x C x H x W images or N x T x C x H x W "
+          "videos")
 
 
 def _is_stats(v) -> bool:
@@ -211,7 +214,7 @@ class Source:
         self.ndim = None
         self.x = {}
         for split, a in arrays.items():
-            if a.ndim not in (2, 3, 4):
+            if a.ndim not in (2, 3, 4, 5):
                 raise UserError(f"{where[split]} holds an array of shape {a.shape}; accepted: "
                                 f"{SHAPES}")
             if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) \
@@ -275,7 +278,8 @@ class Source:
 
 
 def as_4d(a: np.ndarray) -> np.ndarray:
-    """(N, D) -> (N, 1, 1, D); (N, T, F) -> (N, 1, T, F); (N, C, H, W) as it is (views)."""
+    """(N, D) -> (N, 1, 1, D); (N, T, F) -> (N, 1, T, F); (N, C, H, W) and (N, T, C, H, W)
+    as they are (views)."""
     if a.ndim == 2:
         return a.reshape(a.shape[0], 1, 1, a.shape[1])
     if a.ndim == 3:
@@ -505,10 +509,12 @@ class Scan:
         return cls(np.dtype(dtype), lo, hi, binary or zero255)
 
 
-def feature_shape(ndim: int, shape: tuple) -> tuple[int, int, int]:
+def feature_shape(ndim: int, shape: tuple) -> tuple[int, ...]:
     """The shape standardisation statistics have (one per feature), broadcast over an example
-    (C, H, W): a vector's D entries, a sequence's F features (pooled over the T steps), an
-    image's C channels."""
+    (C, H, W) or (T, C, H, W): a vector's D entries, a sequence's F features (pooled over the T
+    steps), an image's C channels, a video's C channels (pooled over the frames)."""
+    if len(shape) == 4:
+        return (1, shape[1], 1, 1)
     c, h, w = shape
     return (1, 1, w) if ndim in (2, 3) else (c, 1, 1)
 
@@ -553,7 +559,7 @@ def check_stats(stats: Mapping, shape: tuple, path: Path) -> tuple[np.ndarray, n
     except (TypeError, ValueError, KeyError) as e:
         raise UserError(f"dataset.stats is not a saved standardisation ({e}); it needs lists "
                         "mean, std and shape") from None
-    if len(bshape) != 3 or any(b not in (1, s) for b, s in zip(bshape, shape)):
+    if len(bshape) != len(shape) or any(b not in (1, s) for b, s in zip(bshape, shape)):
         raise UserError(f"dataset.stats has shape {list(bshape)}, which does not fit the "
                         f"examples of {path} (shape {list(shape)}); were they saved for "
                         "another file?")

@@ -10,6 +10,10 @@ Layout (``dataset.path=DIR``):
   otherwise a seeded split of the files: ``dataset.test_split`` of each class, chosen with
   ``dataset.split_seed``.
 
+``dataset=video_folder`` (:class:`VideoFolder`) reads videos the same way: one folder of frame
+images per sequence, below class folders or not, decoded into the same cache and viewed as
+(N, T, C, H, W).
+
 Image files are chosen by extension (case-insensitive, :data:`EXTENSIONS`); hidden files and
 folders are passed over. The images are decoded once, in parallel, into a cache
 (:mod:`vae_train.data.decode_cache`, which also says how each image is prepared) and come
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vae_train.checks import Rule, number, one_of, optional
+from vae_train.checks import Rule, integer, number, one_of, optional
 from vae_train.data.base import DataSet, ImageData
 from vae_train.data.decode_cache import CACHE_CHECKS, Decoded, FileStat, Preprocess, decode
 from vae_train.data.rows import Rows
@@ -324,3 +328,136 @@ class Folder(DataSet):
         if dec.path is None:                   # decoded in memory (cache=false)
             return torch.from_numpy(dec.array[rows]), y
         return Rows(dec.array, rows), y
+
+
+class VideoFolder(Folder):
+    """``dataset=video_folder dataset.path=DIR``: videos as folders of frame images, one folder
+    per sequence (its frames in file-name order), in the layouts of ``dataset=folder``:
+    ``DIR/<class>/<sequence>/*.png`` (labelled), ``DIR/<sequence>/*.png`` (unlabelled), and
+    ``DIR/train/`` + ``DIR/test/`` (or ``val/``) as the splits, else ``test_split`` of the
+    sequences of each class (seeded by ``split_seed``; a sequence is never split). Every
+    sequence has ``frames`` frames: null takes the count of the first sequence and refuses one
+    that differs; a number takes the first ``frames`` of each (fewer is refused). A sequence
+    with a frame that does not decode is left out (``bad_files=skip``, the default). Examples
+    are (N, T, C, H, W), frames decoded into the cache as for images."""
+
+    checks = {"frames": optional(integer(1), "null (every sequence's own count, all equal) or "
+                                             "an integer >= 1")}
+
+    def __init__(self, path: str | None = None, frames: int | None = None, **kw):
+        if path is None:
+            raise UserError("dataset=video_folder needs a folder of sequence folders of frame "
+                            "images: dataset.path=DIR (DIR/<sequence>/*.png, or "
+                            "DIR/<class>/<sequence>/*.png for labels)")
+        super().__init__(path=path, **kw)
+        self.frames = None if frames is None else int(frames)
+
+    def layout(self):
+        """(frame files, their labels, class names, {"train", "test"} positions or None):
+        below DIR (or each of its split folders) every frame is at <sequence>/<frame>
+        (unlabelled) or <class>/<sequence>/<frame> (the sorted class names are the labels)."""
+        root = self._check_path()
+        subs = set(_subdirs(root))
+        test_dir = "test" if "test" in subs else "val" if "val" in subs else None
+        split = "train" in subs and test_dir is not None
+        parts = [root / "train", root / test_dir] if split else [root]
+        others: list = []
+        found, inner = [], []
+        for folder in parts:
+            files = walk_images(folder, root, others)
+            if not files:
+                raise self._no_images(folder, others)
+            cut = len(folder.relative_to(root).as_posix()) + 1 if folder != root else 0
+            found.append(files)
+            inner.append([f.rel[cut:].split("/") for f in files])
+        depths = {len(p) for part in inner for p in part}
+        if len(depths) != 1 or depths.pop() not in (2, 3):
+            bad = next(f.rel for fs, ps in zip(found, inner) for f, p in zip(fs, ps)
+                       if len(p) not in (2, 3))
+            raise UserError(f"dataset.path={self.path}: every frame must be at "
+                            "<sequence>/<frame> or <class>/<sequence>/<frame> (below train/ and "
+                            f"test/ when there are split folders), all alike; found {bad}")
+        labelled = len(inner[0][0]) == 3
+        classes = sorted({p[0] for p in inner[0]}) if labelled else []
+        if labelled and len(inner) == 2:
+            extra = sorted({p[0] for p in inner[1]} - set(classes))
+            if extra:
+                raise UserError(f"dataset.path={self.path}: {parts[1]} has class folders that "
+                                f"{parts[0]} lacks: {', '.join(extra[:5])}; give both the same "
+                                "class folders")
+        index = {c: k for k, c in enumerate(classes)}
+        labels = np.asarray([index[p[0]] if labelled else 0 for part in inner for p in part],
+                            dtype=np.int64)
+        files = [f for part in found for f in part]
+        if not split:
+            return files, labels, classes, None
+        n = len(found[0])
+        return files, labels, classes, {"train": np.arange(n), "test": np.arange(n, len(files))}
+
+    def sequences(self, files: list[FileStat]) -> list[tuple[int, int]]:
+        """[start, end) of each sequence's frames in ``files`` (frames of one folder are
+        consecutive there: the walk lists a folder's files together, sorted)."""
+        spans: list[tuple[int, int]] = []
+        seen: set[str] = set()
+        last = None
+        for i, f in enumerate(files):
+            folder = f.rel.rsplit("/", 1)[0] if "/" in f.rel else ""
+            if spans and folder == last:
+                spans[-1] = (spans[-1][0], i + 1)
+                continue
+            if folder in seen:                       # a folder's frames apart: not expected
+                raise UserError(f"dataset.path={self.path}: the frames of {folder or '.'} are "
+                                "not listed together; put each sequence's frames in one folder")
+            seen.add(folder)
+            spans.append((i, i + 1))
+            last = folder
+        return spans
+
+    def read(self) -> ImageData:
+        files, labels, classes, splits = self.layout()
+        spans = self.sequences(files)
+        t = self.frames or (spans[0][1] - spans[0][0])
+        keep: list[int] = []
+        for a, b in spans:
+            if (self.frames is None and b - a != t) or b - a < t:
+                folder = files[a].rel.rsplit("/", 1)[0] if "/" in files[a].rel else "."
+                first = files[spans[0][0]].rel.rsplit("/", 1)[0]
+                want = (f"{t} (dataset.frames)" if self.frames else
+                        f"{t}, as {first} has (set dataset.frames=N to take the first N of "
+                        "each)")
+                raise UserError(f"dataset.path={self.path}: sequence {folder} has {b - a} "
+                                f"frames; every sequence needs {want}")
+            keep += range(a, a + t)
+        keep_arr = np.asarray(keep, dtype=np.int64)
+        files = [files[i] for i in keep]
+        labels = labels[keep_arr]
+        first_pos = keep_arr[::t]                    # each sequence's first file, before trimming
+        if self.channels is None:
+            self.prep = replace(self.prep, channels=guess_channels(self.path.resolve(), files))
+        dec = self.decoded(files, classes)
+        n_seq = len(files) // t
+        ok = dec.ok.reshape(n_seq, t).all(1)
+        if not ok.all():
+            log.warning("%s: %d of %d sequences have a frame that does not decode; they are left "
+                        "out", self.name, int((~ok).sum()), n_seq)
+        seq_labels = labels[::t]
+        if splits is None:
+            good = np.flatnonzero(ok)
+            tr, te = seeded_split(seq_labels[good], self.test_split, self.split_seed)
+            train_rows, test_rows = good[tr], good[te]
+        else:
+            in_train = np.isin(first_pos, splits["train"])
+            train_rows = np.flatnonzero(in_train & ok)
+            test_rows = np.flatnonzero(~in_train & ok)
+        for split, rows in (("train", train_rows), ("test", test_rows)):
+            if len(rows) == 0:
+                raise UserError(f"dataset.path={self.path}: the {split} split has no sequence "
+                                "whose frames all decode; add sequences to it")
+        videos = dec.array.reshape(n_seq, t, *dec.array.shape[1:])     # a view: no copy
+        vid = Decoded(videos, ok, dec.skipped, dec.path, dec.hit)
+        log.info("%s: %s train + %s test sequences of %d frames of %s, %s", self.name,
+                 f"{len(train_rows):,}", f"{len(test_rows):,}", t,
+                 "x".join(map(str, dec.array.shape[1:])),
+                 f"{len(classes)} classes" if classes else "unlabelled")
+        return ImageData(self.name, *self._split(vid, train_rows, seq_labels),
+                         *self._split(vid, test_rows, seq_labels), classes=list(classes))

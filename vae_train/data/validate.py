@@ -5,7 +5,8 @@ returned, before any model is built: the parsers of known formats (IDX, CIFAR, S
 folders) refuse a bad file with its path first, and this is the net under every data set,
 a user's own included. What must hold, each refused with one line naming the data set:
 
-* both splits hold examples (N >= 1) of shape (N, C, H, W) with C, H, W >= 1, of one shape
+* both splits hold examples (N >= 1) of shape (N, C, H, W) with C, H, W >= 1 (videos:
+  (N, T, C, H, W), T frames of C x H x W), of one shape
   and one type (uint8 images or floats), the test split's as the training split's;
 * labels are integers, one per example: class numbers 0..K-1 for K = ``len(classes)``
   (every label 0 when the set has no classes: unlabelled), or a multi-hot (N, K) of 0/1
@@ -61,9 +62,10 @@ def check_image_data(data, origin: str = "the data set"):
             raise UserError(f"{origin}: the {split} examples are a {type(x).__name__}, not a "
                             "tensor; " + fix)
         dtype = _dtype(x)
-        if x.dim() != 4:
+        if x.dim() not in (4, 5):
             raise UserError(f"{origin}: the {split} examples have shape {tuple(x.shape)}; "
-                            "expected (N, C, H, W), 4 dimensions; " + fix)
+                            "expected (N, C, H, W) images or (N, T, C, H, W) videos, 4 or 5 "
+                            "dimensions; " + fix)
         if not (dtype == torch.uint8 or dtype in FLOAT_TYPES):
             raise UserError(f"{origin}: the {split} examples are {_name(x, dtype)}; expected "
                             "uint8 images (0..255) or floats; " + fix)
@@ -72,11 +74,12 @@ def check_image_data(data, origin: str = "the data set"):
                             f"{tuple(x.shape)}); " + fix + " (is a file empty?)")
         if min(x.shape[1:]) < 1:
             raise UserError(f"{origin}: the {split} examples are of zero size, "
-                            f"{_shape(x.shape[1:])} (C x H x W); " + fix)
+                            f"{_shape(x.shape[1:])} ({_dims(x)}); " + fix)
         xs[split] = x
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
         raise UserError(f"{origin}: the test examples are {_shape(xs['test'].shape[1:])} but the "
-                        f"training examples {_shape(xs['train'].shape[1:])} (C x H x W); both "
+                        f"training examples {_shape(xs['train'].shape[1:])} "
+                        f"({_dims(xs['train'])}); both "
                         "splits must have one shape: " + fix)
     if xs["train"].dtype != xs["test"].dtype:
         raise UserError(f"{origin}: the test examples are {xs['test'].dtype} but the training "
@@ -90,6 +93,11 @@ def check_image_data(data, origin: str = "the data set"):
                             f"{len(xs[split])} examples; one per example: " + fix)
     _check_values(data, xs, origin)
     return data
+
+
+def _dims(x) -> str:
+    """What the dimensions after N are: ``C x H x W`` (images) or ``T x C x H x W`` (videos)."""
+    return "T x C x H x W" if x.dim() == 5 else "C x H x W"
 
 
 def _dtype(x) -> torch.dtype | None:

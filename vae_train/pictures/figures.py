@@ -12,11 +12,16 @@ By capability, the first that applies:
   scatter plot of codes over prior samples; traversals in units of the codes' spread;
 * a classifier with a code (``Classifier``, ``HasCode``, ``LatentVariable``: M2): every image
   drawn as the class it is predicted to be;
+* videos (``VideoModel``, examples (T, C, H, W)): frame strips (one row per sequence, one
+  column per frame) of reconstructions and samples; ``sample`` adds the content-swap,
+  dynamics-sampling and next-frame-prediction strips (and ``samples.gif``, written by
+  ``vae_train.sample``);
 * sequence data (examples of shape (1, T, 1)): line plots instead of images;
 * otherwise: reconstructions and samples; with a continuous code (``HasCode``) traversals of
   the most-used code dimensions (largest mean KL), interpolations, the class grid for
   conditional models and the manifold for 2-D codes; for conditional models (and M2) the
-  class-swap grid: each test image's style code decoded as every class.
+  class-swap grid: each test image's style code decoded as every class; for several
+  stochastic layers (``Hierarchy``) a row per layer that varies that layer alone.
 """
 
 from __future__ import annotations
@@ -27,13 +32,18 @@ from pathlib import Path
 
 import torch
 
-from vae_train.models.base import (CategoricalCode, Classifier, CodeGrid, HasCode,
-                                   LatentVariable, SampledPrior)
+from vae_train.models.base import (CategoricalCode, Classifier, CodeGrid, HasCode, Hierarchy,
+                                   LatentVariable, SampledPrior, VideoModel)
 from vae_train.pictures.grids import (categorical_traversals, class_grid, class_swap, code_map,
-                                      interpolations, manifold, prior_samples,
-                                      reconstruction_grid, traversals)
+                                      interpolations, layer_variations, manifold,
+                                      prior_samples, reconstruction_grid, traversals)
+from vae_train.pictures.video import video_sample_figures, video_training_figures
 from vae_train.pictures.plots import (interpolation_plots, latent_scatter,
                                       reconstruction_plots, sample_plots, traversal_plots)
+
+
+# Sequences in one video strip picture (rows of T frames each) at most.
+VIDEO_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ def training_figures(model, x: torch.Tensor, y: torch.Tensor, n: int, seed: int 
 
 
 def _training_figures(model, x, y, n, seed) -> dict:
+    if isinstance(model, VideoModel):
+        return video_training_figures(model, x, seed, min(n, 8))
     if isinstance(model, CodeGrid):
         out = {"reconstructions": reconstruction_grid(model, x, y),
                "code_maps": code_map(model, x[:32])}
@@ -166,6 +178,11 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
     model.eval()
     n, i, seed = opts.n, opts.image, opts.seed
     notes: list[str] = []
+    if isinstance(model, VideoModel):
+        if n > VIDEO_ROWS:
+            notes.append(f"n={n}: video strips show at most {VIDEO_ROWS} sequences")
+        return video_sample_figures(model, x, min(n, VIDEO_ROWS), seed,
+                                    pairs=min(opts.pairs, 4)), notes
     if isinstance(model, CodeGrid):
         figs = {"reconstructions": reconstruction_grid(model, x[:n], y[:n]),
                 "code_maps": code_map(model, x[:32])}
@@ -230,6 +247,8 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
             figs["class_swap"] = class_swap(model, x[:opts.swap], y[:opts.swap])
     if model.code_dim == 2:
         figs["manifold"] = manifold(model)
+    if isinstance(model, Hierarchy):        # vary one layer, hold the others
+        figs["layer_variations"] = layer_variations(model, n=opts.steps + 1, seed=seed)
     return figs, notes
 
 
