@@ -25,17 +25,4 @@ for l in $layers; do
     [ -f "$r/eval.json" ] || python -m vae_train.evaluate "run=$r" "k=$k" progress=false
   done
 done
-python - "$out" $layers <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-print("| run | epochs | train s | test -ELBO | NLL (k) | KL per layer, 1..L (nats) | units above 0.01 nats | active units |")
-for run in sorted(p for p in out.iterdir() if (p / "eval.json").exists()):
-    m, e = json.loads((run / "metrics.json").read_text()), json.loads((run / "eval.json").read_text())
-    dims, per_dim = e["latent_dims_per_layer"], e["kl_per_dim"]
-    ends = [sum(dims[:i + 1]) for i in range(len(dims))]
-    layers = [per_dim[b - d:b] for d, b in zip(dims, ends)]
-    kls = " + ".join(f"{sum(v):.1f}" for v in layers)
-    units = " + ".join(f"{sum(x > 0.01 for x in v)}/{len(v)}" for v in layers)
-    au = " + ".join(f"{a}/{n}" for a, n in zip(e["active_units_per_layer"], dims))
-    print(f"| {run.name} | {m.get('epoch')} | {m['train_seconds']:.0f} | {-e['elbo']:.2f} | {e['nll']:.2f} ({e['k']}) | {kls} | {units} | {au} |")
-PY
+python "$(dirname "$0")/ladder_report.py" "$out"   # the table, and <out>/ladder_curves.png

@@ -141,6 +141,9 @@ def test_bad_settings_name_the_problem():
         ELBO(free_bits=0.1, free_bits_layer=1.0)
     with pytest.raises(UserError, match="loss.warmup_steps"):
         ELBO(kl_balance=True)
+    from vae_train.losses import BetaVAE
+    with pytest.raises(UserError, match="do not combine with loss.capacity=true"):
+        BetaVAE(capacity=True, free_bits_layer=2.0)
     Ladder((1, 64, 1), layers=2, latent_dim=[3, 5])             # mlp takes sequences
 
 
@@ -203,6 +206,8 @@ def test_evaluate_sample_and_resume(ladder_run):
     run_module("vae_train.evaluate", [f"run={run}", "k=50", "n=100", "progress=false"], cwd=tmp)
     e = json.loads((run / "eval.json").read_text())
     assert e["latent_dims_per_layer"] == [4, 4, 4] and len(e["active_units_per_layer"]) == 3
+    assert len(e["kl_per_layer"]) == len(e["kl_units_per_layer"]) == 3
+    assert math.isclose(sum(e["kl_per_layer"]), e["kl"], rel_tol=1e-3, abs_tol=1e-3)
     assert e["nll"] <= -e["elbo"] + 0.5                         # the bound is looser
     out = tmp / "pics"
     run_module("vae_train.sample", [f"run={run}", f"out={out}", "n=16"], cwd=tmp)
@@ -227,3 +232,29 @@ def test_encode_and_export_see_every_layer(ladder_run):
     run_module("vae_train.export", [f"run={run}", "format=torchscript", f"out={out}"], cwd=tmp)
     info = json.loads((out / "export.json").read_text())
     assert (out / "decoder.pt").exists() and (out / "encoder.pt").exists(), info
+
+
+def test_the_results_script_tabulates_layers_and_draws_the_curves(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ladder_report.py"
+    spec = importlib.util.spec_from_file_location("ladder_report", script)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for name, epochs in (("L2", 3), ("L2_e2", 2)):
+        run = tmp_path / name
+        run.mkdir()
+        hist = [{"epoch": i + 1, "val_loss": 250.0 - i, "val_kl_1": 1.0 + i, "val_kl_2": 5.0}
+                for i in range(epochs)]
+        (run / "metrics.json").write_text(json.dumps(
+            {"epoch": epochs, "train_seconds": 12.0, "history": hist}))
+        (run / "eval.json").write_text(json.dumps(
+            {"elbo": -248.5, "nll": 246.25, "k": 1000, "latent_dims_per_layer": [2, 3],
+             "active_units_per_layer": [2, 1], "kl_per_dim": [0.5, 0.001, 4.0, 0.02, 0.0]}))
+    report.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| L2 | 3 | 12 | 248.50 | 246.25 (1000) | 0.5 + 4.0 | 1/2 + 2/3 | 2/2 + 1/3 |" in out
+    assert "| L2_e2 | 2 |" in out
+    from PIL import Image
+    with Image.open(tmp_path / "ladder_curves.png") as img:
+        assert img.size[0] > 500

@@ -208,9 +208,9 @@ class Ladder(Model, LatentVariable, HasCode, Hierarchy):
         self.to_layer = nn.ModuleList(
             _Resize(sides[self.strides[l]], width) if self.strides[l] != self.strides[l + 1]
             else nn.Identity() for l in range(L - 1))
-        self.to_out = nn.Sequential(_Resize((h, w), width),
-                                    _Residual(conv(width, width), conv(width, width), self.act,
-                                              _norm(width, True)))
+        # to the image's side: nearest-neighbour resizing, the head's 3x3 convolution does the
+        # rest (a full-resolution block of `width` channels would cost more than all the others)
+        self.to_out = nn.Upsample(size=(h, w), mode="nearest")
         self.head = nn.Sequential(_norm(width, True), activation(self.act),
                                   conv(width, self.output_shape[0]))
 
