@@ -245,7 +245,7 @@ def default_train_size(flops: dict, device: torch.device) -> int | None:
     worst = max(flops.values(), default=0)
     if device.type != "cpu" or not worst or worst * FULL_EPOCH <= EPOCH_FLOPS:
         return None
-    return max(1000, round(EPOCH_FLOPS / worst / 0.9, -3))   # a tenth of it validates
+    return max(1000, int(round(EPOCH_FLOPS / worst / 0.9, -3)))   # a tenth of it validates
 
 
 def compose(overrides_: list[str]):

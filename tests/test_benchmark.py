@@ -173,3 +173,12 @@ def test_data_paths_rows(bench, tiny, tmp_path):
     t = report["train"]
     assert len(t["in_memory_img_per_s"]) == len(t["from_file_img_per_s"]) == 1
     assert t["ratio_min"] <= t["ratio_median"] <= t["ratio_max"] and t["ratio_median"] > 0
+
+
+def test_the_cpu_subset_of_a_costly_family_is_an_integer_option(bench):
+    import torch
+    cpu = torch.device("cpu")
+    size = bench.default_train_size({"train": 4.8e8}, cpu)      # the conv ladder's cost
+    assert isinstance(size, int) and size % 1000 == 0 and 1000 <= size < bench.FULL_EPOCH
+    assert bench.default_train_size({"train": 1e6}, cpu) is None       # a full epoch fits
+    assert bench.default_train_size({"train": 4.8e8}, torch.device("cuda")) is None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_cfg, run_cli, write_mnist_like
+from conftest import compose_cfg, run_cli, run_module, write_mnist_like
 from vae_train.build import build, load_image_data
 from vae_train.data import moving_mnist as mm
 from vae_train.data.base import ImageData
@@ -384,6 +384,15 @@ def test_swap_sampling_and_prediction():
     lat = model.latents(x)
     assert lat["code"].shape == (4, 6) and lat["dynamics"].shape == (4, 5, 3)
     assert [m.shape for m in model.latent_means(x)] == [(4, 6), (4, 15)]
+    # bad arguments are one line each, naming what was wrong
+    with pytest.raises(UserError, match="got 4 and 3 sequences"):
+        model.swap(x, x[:3])
+    with pytest.raises(UserError, match="steps=0"):
+        model.predict(x[:, :2], 0)
+    with pytest.raises(UserError, match="got 0 frames"):
+        model.predict(x[:, :0], 2)
+    with pytest.raises(UserError, match="n=0"):
+        model.sample_dynamics(x[:2], 0)
 
 
 def test_evaluate_terms_add_up():
@@ -532,6 +541,9 @@ def test_cli_evaluate_sample_and_resume(cli_run, call):
                 "frame_recon", "frame_kl_dynamics", "predict_mse", "copy_last_mse"):
         assert math.isfinite(res[key]), key
     assert res["predict_prefix"] == 3 and res["latent_dims_per_layer"] == [8, 24]
+    # content and dynamics are reported as two layers everywhere (KL too)
+    assert len(res["kl_per_layer"]) == len(res["kl_units_per_layer"]) == 2
+    assert math.isclose(res["kl_per_layer"][0], res["sequence_kl_content"], rel_tol=0.05)
     call("vae_train.sample", [f"run={run}", "n=4", "pairs=2"], cwd)
     out = run / "samples"
     assert {p.name for p in out.iterdir()} == {
@@ -574,3 +586,16 @@ def test_benchmark_trains_the_video_family_on_moving_fashion(tmp_path):
     assert row["bare"]["train_images"] == 36 and row["vae_train"]["images_per_sec"] > 0
     assert row["ratio"] > 0 and "seconds_per_full_epoch" not in row
     assert row["bare_test_loss"] > 0 and row["vae_train_test_loss"] > 0
+
+
+@pytest.mark.slow
+def test_encode_and_torchscript_export_take_videos(cli_run):
+    cwd, run = cli_run
+    run_module("vae_train.encode", [f"run={run}", "k=3", "progress=false"], cwd=cwd)
+    with np.load(run / "encode" / "test.npz") as z:
+        assert z["code"].shape == z["content"].shape and z["code"].ndim == 2
+        assert z["dynamics"].shape[0] == z["code"].shape[0]
+        assert np.isfinite(z["nll"]).all()
+    out = cwd / "ts"
+    run_module("vae_train.export", [f"run={run}", "format=torchscript", f"out={out}"], cwd=cwd)
+    assert (out / "decoder.pt").exists() and (out / "encoder.pt").exists()

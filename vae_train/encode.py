@@ -149,7 +149,10 @@ def thumbnails(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def images_of(data_values: str, shape) -> bool:
-    """Examples that are pictures: grey or colour images of stored pixels, not sequences."""
+    """Examples that are pictures: grey or colour images of stored pixels, not sequences (nor
+    videos, (T, C, H, W), which get no thumbnails)."""
+    if len(shape) != 3:
+        return False
     c, h, w = shape
     return data_values in ("8bit", "binary", "unit") and c in (1, 3) and h > 1 and w > 1
 
@@ -412,7 +415,7 @@ def main(args):
     pn = min(int(args.projector_n), n) if log_to_run else 0
     thumbs = images_of(dm.values, tuple(dm.shape)) and pn > 0
     side = SPRITE_MAX // math.ceil(math.sqrt(max(pn, 1)))
-    c, h, w = dm.shape
+    c, h, w = dm.shape[-3:]
     extra = pn * (c * min(h, side) * min(w, side) if thumbs else 0)
     check_result_memory(n, per_row, extra, f"split={args.split} ({n} examples)")
 

@@ -170,10 +170,17 @@ def evaluate(model, batches, k: int, max_batch: int, threshold: float, total: in
         })
         # Per stochastic layer: its KL, and its dimensions that carry more than KL_UNIT nats.
         # In a top-down hierarchy a lower layer's posterior mean moves with the layers above
-        # even when the layer adds nothing (q = p), so its Burda active units overstate it;
-        # the KL says what the layer itself holds.
+        # even when the layer adds nothing (q = p), so Burda's active units can overstate it
+        # (and a layer whose means stay put while its variances differ from the prior's has
+        # KL without active units); the KL says what the layer itself holds.
         per_dim = kl_dims.double() / n
         slices = layer_slices_of(model, len(per_dim))
+        dims = result["latent_dims_per_layer"]
+        if len(slices) == 1 and len(dims) > 1 and sum(dims) == len(per_dim):
+            # several layers without the Hierarchy capability (video_vae: content, dynamics):
+            # their KL dims follow latent_means' order
+            ends = np.cumsum(dims).tolist()
+            slices = [slice(e - d, e) for d, e in zip(dims, ends)]
         result["kl_per_layer"] = [round(float(per_dim[sl].sum()), 4) for sl in slices]
         result["kl_units_per_layer"] = [int((per_dim[sl] > KL_UNIT).sum()) for sl in slices]
     if isinstance(model, ExtraMetrics):

@@ -240,6 +240,10 @@ class BetaVAE(ELBO):
         if capacity and self.free_bits > 0:
             raise UserError("loss.free_bits does not combine with loss.capacity=true (the "
                             "capacity target already keeps the KL up); set one of them")
+        if capacity and (self.free_bits_layer > 0 or self.kl_balance):
+            raise UserError("loss.free_bits_layer and loss.kl_balance do not combine with "
+                            "loss.capacity=true (the capacity target replaces the KL term); "
+                            "set loss.capacity=false or drop them")
         self.capacity = bool(capacity)
         self.gamma = float(gamma)
         self.C_max = float(C_max)

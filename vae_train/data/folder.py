@@ -228,11 +228,13 @@ class Folder(DataSet):
         self.workers, self.verify_cache = workers, bool(verify_cache)
 
     # -- finding the files ---------------------------------------------------------------------
+    what_path = "a folder of images (with one sub-folder per class for labels)"
+
     def _check_path(self) -> Path:
         p = self.path
         if not p.exists():
-            raise UserError(f"dataset.path={p} does not exist; point dataset.path at a folder "
-                            "of images (with one sub-folder per class for labels)")
+            raise UserError(f"dataset.path={p} does not exist; point dataset.path at "
+                            f"{self.what_path}")
         if not p.is_dir():
             raise UserError(f"dataset.path={p} is a file, not a folder; point dataset.path at "
                             "the folder that holds the images")
@@ -343,6 +345,9 @@ class VideoFolder(Folder):
 
     checks = {"frames": optional(integer(1), "null (every sequence's own count, all equal) or "
                                              "an integer >= 1")}
+
+    what_path = ("a folder of sequence folders of frame images (DIR/<sequence>/*.png, or "
+                 "DIR/<class>/<sequence>/*.png for labels)")
 
     def __init__(self, path: str | None = None, frames: int | None = None, **kw):
         if path is None:

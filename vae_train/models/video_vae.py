@@ -270,7 +270,7 @@ class VideoVAE(Model, LatentVariable, HasCode, ExtraMetrics, VideoModel):
 
     def decode_code(self, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Content ``c`` drawn with the prior's mean dynamics."""
-        return self.frames_mean(c, self.roll_prior(len(c), self.frames))
+        return self.frames_mean(c, self.roll_prior(c.shape[0], self.frames))
 
     def latents(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         f, z = self.posterior_means(x)
@@ -290,12 +290,17 @@ class VideoVAE(Model, LatentVariable, HasCode, ExtraMetrics, VideoModel):
     # -- video -------------------------------------------------------------------------------
     @torch.no_grad()
     def swap(self, x_dynamics: torch.Tensor, x_content: torch.Tensor) -> torch.Tensor:
+        if len(x_dynamics) != len(x_content):
+            raise UserError(f"swap pairs row i of x_dynamics with row i of x_content; got "
+                            f"{len(x_dynamics)} and {len(x_content)} sequences")
         _, z = self.posterior_means(x_dynamics)
         return self.frames_mean(self.code(x_content), z)
 
     @torch.no_grad()
     def sample_dynamics(self, x_content: torch.Tensor, n: int,
                         generator: torch.Generator | None = None) -> torch.Tensor:
+        if int(n) < 1:
+            raise UserError(f"sample_dynamics draws n >= 1 dynamics per sequence; got n={n}")
         f = self.code(x_content)
         b = len(f)
         z = self.roll_prior(b * n, self.frames, sample=True, generator=generator)
@@ -308,6 +313,9 @@ class VideoVAE(Model, LatentVariable, HasCode, ExtraMetrics, VideoModel):
             raise UserError(f"predict takes a prefix of frames (B, P, "
                             f"{', '.join(map(str, self.frame_shape))}); got "
                             f"{tuple(x_prefix.shape)}")
+        if x_prefix.shape[1] < 1 or int(steps) < 1:
+            raise UserError(f"predict needs a prefix of at least one frame and steps >= 1; got "
+                            f"{x_prefix.shape[1]} frames and steps={steps}")
         f, z = self.posterior_means(x_prefix)
         return self.frames_mean(f, self.roll_prior(len(f), steps, z_given=z))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +20,13 @@ from vae_train.files import write_json
 from vae_train.logging import TBLogger
 from vae_train.losses import SCHEDULE_TERMS
 from vae_train.pictures import save_figures, training_figures
+
+LAYER_KL = re.compile(r"kl_\d+")     # the KL of one layer of a hierarchy (kl_1 .. kl_L)
+
+
+def speed_unit(shape) -> str:
+    """Examples per second, named: sequences for videos (T, C, H, W), else images."""
+    return "seq/s" if len(shape) == 4 else "img/s"
 
 log = logging.getLogger("vae_train")
 
@@ -52,13 +60,24 @@ class Reporter:
                 **{f"val_{k}": v for k, v in val.items()}}
 
     @staticmethod
-    def epoch_line(epoch: int, total: int, train: dict, val: dict, improved: bool) -> None:
-        shown = [(k, v) for k, v in val.items() if k != "loss" and k not in SCHEDULE_TERMS]
-        detail = ", ".join(f"{k} {v:.2f}" if abs(v) >= 1 else f"{k} {v:.3f}"
-                           for k, v in shown[:4])
-        log.info("epoch %d/%d  train %.2f  val %.2f (%s)  %.0f img/s  %.1fs%s",
+    def epoch_line(epoch: int, total: int, train: dict, val: dict, improved: bool,
+                   unit: str = "img/s") -> None:
+        """One line per epoch: the losses, the first four other validation terms (the KL of
+        each layer of a hierarchy folded into ``kl``: ``kl 15.3 (4.2+3.6+3.7+3.8)``), speed."""
+        layers = [v for k, v in val.items() if LAYER_KL.fullmatch(k)]
+
+        def fmt(k, v):
+            text = f"{k} {v:.2f}" if abs(v) >= 1 else f"{k} {v:.3f}"
+            if k == "kl" and len(layers) > 1:
+                text += " (" + "+".join(f"{x:.1f}" for x in layers) + ")"
+            return text
+
+        shown = [(k, v) for k, v in val.items() if k != "loss" and k not in SCHEDULE_TERMS
+                 and not LAYER_KL.fullmatch(k)]
+        detail = ", ".join(fmt(k, v) for k, v in shown[:4])
+        log.info("epoch %d/%d  train %.2f  val %.2f (%s)  %.0f %s  %.1fs%s",
                  epoch, total, train["loss"], val["loss"], detail,
-                 train["images_per_sec"], train["seconds"], "  best" if improved else "")
+                 train["images_per_sec"], unit, train["seconds"], "  best" if improved else "")
 
     def run_end(self, tr, cfg: DictConfig, run_dir: Path, model, test: dict, best_epoch: int,
                 n_params: int, device, world: int) -> dict:
@@ -94,8 +113,9 @@ class Reporter:
         parts = ", ".join(f"{k} {test[k]:.2f}" for k in ("recon", "kl") if k in test)
         if "bpd" in test:
             parts += f"; -elbo {test['bpd']:.3f} bits/dim"
-        log.info("test loss %.2f nats/example (%s) with the best weights (epoch %d); %.0f img/s",
-                 metrics["test_loss"], parts, best_epoch, metrics["images_per_sec"])
+        log.info("test loss %.2f nats/example (%s) with the best weights (epoch %d); %.0f %s",
+                 metrics["test_loss"], parts, best_epoch, metrics["images_per_sec"],
+                 speed_unit(tr.data.shape))
         log.info("wrote %s", run_dir / "metrics.json")
         return metrics
 

@@ -30,7 +30,7 @@ from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
 from vae_train.training.forward import training_forward
 from vae_train.training.optim import GroupOptimizers, total_norm
-from vae_train.training.reporting import Reporter
+from vae_train.training.reporting import Reporter, speed_unit
 from vae_train.training.stopping import Stopping
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ class Trainer:
         self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
         # best.pt: the same bytes as last.pt, copied rather than serialised again
         state.save(self, state.state_dict(self), "last.pt", "best.pt" if improved else None)
-        Reporter.epoch_line(epoch, self.total_epochs, train, val, improved)
+        Reporter.epoch_line(epoch, self.total_epochs, train, val, improved,
+                            speed_unit(self.data.shape))
 
     def train_epoch(self, epoch: int) -> dict:
         """The epoch's steps (the rest of one a signal stopped); the mean of every term."""
