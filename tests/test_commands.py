@@ -83,7 +83,7 @@ def test_evaluate_default_tiles_on_the_cpu_and_same_seed_same_nll(runs, tmp_path
     ("vae2d", {"samples", "reconstructions", "traversals", "interpolations", "manifold"}),
     ("cvae", {"samples", "reconstructions", "traversals", "interpolations", "class_samples",
               "class_swap"}),
-    ("hvae", {"samples", "reconstructions", "traversals", "interpolations"}),
+    ("hvae", {"samples", "reconstructions", "traversals", "interpolations", "layer_variations"}),
 ])
 @pytest.mark.slow
 def test_sample_writes_the_pictures(runs, name, expected, tmp_path, call):
