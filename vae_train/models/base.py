@@ -102,9 +102,10 @@ class Model(Checked, nn.Module, metaclass=ABCMeta):
         self.num_classes = int(num_classes)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         # What the decoder outputs per example: the likelihood's parameters per pixel (one
-        # channel per image channel for Bernoulli and Gaussian; more for a mixture).
-        c, *rest = self.input_shape
-        self.output_shape = (int(self.likelihood.param_channels(c)), *rest)
+        # channel per image channel for Bernoulli and Gaussian; more for a mixture), frame by
+        # frame for a video (T, C, H, W).
+        *frames, c, h, w = self.input_shape
+        self.output_shape = (*frames, int(self.likelihood.param_channels(c)), h, w)
 
     @property
     def device(self) -> torch.device:

@@ -35,6 +35,7 @@ The KL of layer l is KL(q(z_l | x, z_>l) || p(z_l | z_>l)) at the sampled z_>l, 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -136,8 +137,10 @@ class Ladder(Model, LatentVariable, HasCode, Hierarchy):
             self._build_conv(int(channels))
         else:
             self._build_mlp(int(hidden_dim))
-        # Per layer, the shape of z for one example, and its size in kl_dims.
+        # Per layer, the shape of z for one example, its size and its place in kl_dims.
         self.sizes = [math.prod(s) for s in self.z_shapes]
+        ends = itertools.accumulate(self.sizes)
+        self._slices = [slice(e - n, e) for n, e in zip(self.sizes, ends)]
 
     # -- building ---------------------------------------------------------------------------
     def _nets(self, width: int, linear, conv: bool) -> None:
@@ -302,8 +305,7 @@ class Ladder(Model, LatentVariable, HasCode, Hierarchy):
 
     @property
     def layer_slices(self) -> list[slice]:
-        ends = torch.tensor(self.sizes).cumsum(0).tolist()
-        return [slice(e - s, e) for s, e in zip(self.sizes, ends)]
+        return list(self._slices)
 
     @property
     def code_kl_slice(self) -> slice:

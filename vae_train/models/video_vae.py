@@ -131,7 +131,6 @@ class VideoVAE(Model, LatentVariable, HasCode, ExtraMetrics, VideoModel):
                             f"{'x'.join(map(str, shape))}); it needs at least 2")
         self.frames, self.frame_shape = t, (c, h, w)
         self.likelihood = frame_likelihood(self.likelihood, c)
-        self.output_shape = (t, int(self.likelihood.param_channels(c)), h, w)
         self.content_dim, self.dynamics_dim = int(content_dim), int(dynamics_dim)
         self.core_kind, self.posterior = core, posterior
         # evaluate's prediction: frames 1..P given, the rest predicted (at most T - 1 given)
