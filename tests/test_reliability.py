@@ -30,8 +30,18 @@ def _poison(trainer, calls):
     trainer.objective.forward = poisoned
 
 
-def test_a_nan_stops_at_its_step_naming_the_term_and_updates_nothing(tmp_path):
-    tr = make_trainer([*SMALL, "trainer.epochs=3"], tmp_path)   # 6 steps per epoch
+# The guard's two paths: on the device (read at check points: the epoch's end, or every step
+# with nonfinite_check_steps=1) and read back every step.
+CHECKS = {"auto": 12, "auto_each": 9, "every_step": 8}   # -> the step count when it stops
+CHECK_ARGS = {"auto": ["trainer.nonfinite_check=auto"],
+              "auto_each": ["trainer.nonfinite_check=auto", "trainer.nonfinite_check_steps=1"],
+              "every_step": ["trainer.nonfinite_check=every_step"]}
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_a_nan_stops_at_its_step_naming_the_term_and_updates_nothing(tmp_path, check):
+    tr = make_trainer([*SMALL, "trainer.epochs=3", *CHECK_ARGS[check]], tmp_path)  # 6 steps/epoch
+    assert tr.device_guard == check.startswith("auto")
     _poison(tr, {9})
     tr.enter_stage(1)
     tr.run_epoch(1)
@@ -40,7 +50,9 @@ def test_a_nan_stops_at_its_step_naming_the_term_and_updates_nothing(tmp_path):
                                              r"\(epoch 2\).*checkpoints keep epoch 1") as e:
         tr.fit()
     assert e.value.step == 9
-    assert tr.step == 8      # steps 7 and 8 ran, step 9 was refused
+    # every step: steps 7 and 8 ran, step 9 was refused; on the device the bad step was
+    # skipped there, and the run stopped when the host read the guard
+    assert tr.step == CHECKS[check]
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -67,17 +79,21 @@ def test_a_non_finite_gradient_is_caught_too(tmp_path):
         tr.fit()
 
 
-def test_skip_mode_skips_counts_and_finishes(tmp_path):
-    tr = make_trainer([*SMALL, "trainer.epochs=2", "trainer.nonfinite=skip"], tmp_path)
+@pytest.mark.parametrize("check", ["auto", "every_step"])
+def test_skip_mode_skips_counts_and_finishes(tmp_path, check):
+    tr = make_trainer([*SMALL, "trainer.epochs=2", "trainer.nonfinite=skip",
+                       *CHECK_ARGS[check]], tmp_path)
     _poison(tr, {3, 5})
     tr.fit()
     assert tr.skipped_steps == 2 and tr.epoch == 2
-    assert tr.step == 12 - 2                       # skipped steps are not optimizer steps
+    # read back every step, a skipped step is not a step; on the device it is one whose
+    # update was skipped (the step counter moves on)
+    assert tr.step == (12 - 2 if check == "every_step" else 12)
     h = tr.history[-1]
     assert h["skipped_steps"] == 2 and math.isfinite(h["train_loss"])
     # ... up to a limit
     tr = make_trainer([*SMALL, "trainer.epochs=1", "trainer.nonfinite=skip",
-                       "trainer.max_skipped_steps=1"], tmp_path / "limit")
+                       "trainer.max_skipped_steps=1", *CHECK_ARGS[check]], tmp_path / "limit")
     _poison(tr, {1, 2})
     with pytest.raises(NonFiniteError, match="trainer.max_skipped_steps reached"):
         tr.fit()
@@ -319,11 +335,12 @@ def test_a_run_writes_only_inside_its_run_directory(tmp_path):
     assert outside == [], outside
 
 
-def test_skip_in_a_later_phase_with_fp16_keeps_the_scaler_consistent(tmp_path):
+@pytest.mark.parametrize("check", ["auto", "every_step"])
+def test_skip_in_a_later_phase_with_fp16_keeps_the_scaler_consistent(tmp_path, check):
     """AAE, three phases per step: a NaN in the generator phase after two optimizers stepped;
     the next steps must run (the scaler's iteration is closed) and training finishes."""
-    tr = make_trainer([*SMALL, "model=aae", "trainer.epochs=1", "trainer.nonfinite=skip"],
-                      tmp_path)
+    tr = make_trainer([*SMALL, "model=aae", "trainer.epochs=1", "trainer.nonfinite=skip",
+                       *CHECK_ARGS[check]], tmp_path)
     tr.amp_dtype = torch.float16
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, enabled=True)
     forward, calls = tr.objective.forward, {"n": 0}
@@ -338,4 +355,60 @@ def test_skip_in_a_later_phase_with_fp16_keeps_the_scaler_consistent(tmp_path):
 
     tr.objective.forward = poisoned
     tr.fit()
-    assert tr.skipped_steps == 1 and tr.epoch == 1 and tr.step == tr.steps_per_epoch - 1
+    assert tr.skipped_steps == 1 and tr.epoch == 1
+    assert tr.step == tr.steps_per_epoch - (check == "every_step")
+    assert tr.amp_skipped_steps == 0   # the bad loss term is not a scaler overflow
+
+
+def test_the_device_guard_skips_exactly_what_the_checked_step_skips(tmp_path):
+    """Skipping on the device (the fused optimizer's found_inf) leaves the weights and the
+    optimizer's state as if the bad steps never ran: the same weights as refusing them on
+    the host."""
+    weights = {}
+    for check in ("auto", "every_step"):
+        tr = make_trainer([*SMALL, "trainer.epochs=1", "trainer.nonfinite=skip",
+                           f"trainer.nonfinite_check={check}"], tmp_path / check)
+        _poison(tr, {2, 4})
+        tr.fit()
+        assert tr.skipped_steps == 2
+        weights[check] = tr.model.state_dict()
+        steps = [s["step"] for s in tr.optim["main"].state_dict()["state"].values()]
+        assert all(int(s) == tr.steps_per_epoch - 2 for s in steps)   # Adam's own count
+    assert all(torch.equal(v, weights["every_step"][k]) for k, v in weights["auto"].items())
+
+
+def _host_reads(tr, epoch) -> int:
+    """How often one training epoch reads a value back from the device."""
+    reads = {"n": 0}
+    names = ("item", "tolist", "__bool__", "__float__", "__int__")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def counting(name):
+        def read(self, *a, **k):
+            reads["n"] += 1
+            return saved[name](self, *a, **k)
+        return read
+
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, counting(n))
+        tr.train_epoch(epoch)
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+    return reads["n"]
+
+
+def test_the_device_guard_reads_nothing_back_per_step(tmp_path):
+    """With the device guard, an epoch's host reads do not grow with its steps; checked
+    every step, they do (one or more per step)."""
+    quiet = ["trainer.log_every_steps=1000", "trainer.nonfinite_check_steps=1000"]
+    reads = {}
+    for check in ("auto", "every_step"):
+        for n in (250, 490):   # 4 and 8 steps
+            tr = make_trainer([*SMALL, f"dataset.num_train={n}", "dataset.val_size=10",
+                               "trainer.epochs=1", f"trainer.nonfinite_check={check}", *quiet],
+                              tmp_path / f"{check}{n}")
+            reads[check, n] = _host_reads(tr, 1)
+    assert reads["auto", 250] == reads["auto", 490], reads
+    assert reads["every_step", 490] - reads["every_step", 250] >= 4, reads

@@ -22,7 +22,7 @@ from vae_train.device import resolve_device, wants_channels_last
 from vae_train.errors import NonFiniteError, UserError, first_line, unexpected
 from vae_train.files import DiskError, write_json
 from vae_train.lock import RunDirInUse, RunLock
-from vae_train.logging import TBLogger
+from vae_train.logging import make_loggers
 from vae_train.training import state
 from vae_train.training.reporting import Reporter
 from vae_train.training.trainer import Trainer
@@ -93,7 +93,7 @@ def _run(cfg: DictConfig) -> float:
         log.info("data-parallel over %d processes: %d examples per process and step, %d per "
                  "step in all", world, cfg.trainer.batch_size, world * cfg.trainer.batch_size)
     log.info("run directory: %s", run_dir)
-    tb = TBLogger(run_dir, enabled=main_rank)   # rank 0 alone writes the run directory
+    tb = make_loggers(cfg, run_dir, enabled=main_rank)   # rank 0 alone writes the run directory
     try:
         trainer = Trainer(cfg, model, objective, dm, device, amp_dtype, run_dir, tb)
         hc = HydraConfig.get()

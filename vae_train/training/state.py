@@ -61,6 +61,9 @@ def state_dict(tr) -> dict:
         "world_size": tr.world,
         "config": OmegaConf.to_container(tr.cfg, resolve=True),
         "overrides": list(tr.overrides),
+        "callbacks": {getattr(cb, "name", type(cb).__name__): cb.state_dict()
+                      for cb in tr.callbacks if callable(getattr(cb, "state_dict", None))},
+        "stopped_early": tr.stopped_early,
     }
 
 
@@ -137,6 +140,12 @@ def _restore(tr, path: Path, state: dict) -> None:
     tr.skipped_steps = int(state.get("skipped_steps", 0))
     tr.amp_skipped_steps = int(state.get("amp_skipped_steps", 0))
     tr.partial = state.get("partial_epoch")
+    tr.stopped_early = state.get("stopped_early")
+    saved_callbacks = state.get("callbacks") or {}
+    for cb in tr.callbacks:
+        name = getattr(cb, "name", type(cb).__name__)
+        if name in saved_callbacks and callable(getattr(cb, "load_state_dict", None)):
+            cb.load_state_dict(saved_callbacks[name])
     if tr.partial is not None:
         why = _cannot_continue(tr, tr.partial, state, changed)
         if why:

@@ -97,6 +97,30 @@ class Stopping:
             "trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
             step=step + 1, term=what)
 
+    def read_back(self, first, seen: int, skipped: int, kept_epoch: int, phases: int) -> None:
+        """The device guard read at a check point (training.guard): ``skipped`` steps of the
+        run were non-finite, ``seen`` of them known at the last read, ``first`` (a BadStep)
+        the first of this process. Stop: NonFiniteError naming that step. Skip: a warning at
+        the 1st, 10th, 100th and every 1000th, and NonFiniteError past the limit."""
+        where = f"step {first.step} (epoch {first.epoch}" + (
+            f", phase {first.phase})" if phases > 1 else ")")
+        if self.nonfinite == "skip" and skipped <= self.max_skipped:
+            marks = [n for n in range(seen + 1, skipped + 1)
+                     if n in (1, 10, 100) or n % 1000 == 0]
+            if marks:
+                log.warning("non-finite steps skipped: %d so far, the first a non-finite %s at "
+                            "%s (at most trainer.max_skipped_steps=%d)", skipped, first.what,
+                            where, self.max_skipped)
+            return
+        values = ", ".join(f"{k} {v:.4g}" for k, v in first.terms.items())
+        limit = (f"; {skipped} steps were skipped, trainer.max_skipped_steps reached"
+                 if self.nonfinite == "skip" else "")
+        kept = f"checkpoints keep epoch {kept_epoch}" if kept_epoch else "no checkpoint was written"
+        raise NonFiniteError(
+            f"non-finite {first.what} at {where}: {values}{limit}; {kept}. Lower "
+            "optimizer.lr, set trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
+            step=first.step, term=first.what)
+
     @staticmethod
     def diverged(epoch: int, kept_epoch: int, step: int, train: dict) -> NonFiniteError:
         """The error for an epoch whose mean training loss is not finite (or which has none:

@@ -22,14 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_train import distributed
+from vae_train.callbacks import build_callbacks, hooks
 from vae_train.checks import BOOLEAN, integer, number, one_of, optional
 from vae_train.data import DataModule, Split
-from vae_train.errors import UserError
+from vae_train.errors import NonFiniteError, UserError, first_line
 from vae_train.logging import TBLogger
 from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
 from vae_train.training.forward import training_forward
+from vae_train.training.guard import DeviceGuard, optimizer_skips_on_device
 from vae_train.training.optim import GroupOptimizers, total_norm
+from vae_train.training.profiling import StepProfiler
 from vae_train.training.reporting import Reporter, speed_unit
 from vae_train.training.stopping import Stopping
 
@@ -41,6 +44,10 @@ TRAINER_CHECKS = {
     "grad_clip": optional(number(0, low_open=True)), "log_every_steps": integer(1),
     "num_images": integer(1), "image_every_epochs": integer(0), "progress": BOOLEAN,
     "nonfinite": one_of("stop", "skip"), "max_skipped_steps": integer(0),
+    "nonfinite_check": one_of("auto", "every_step"), "nonfinite_check_steps": integer(1),
+    "limit_train_batches": optional(integer(1)), "limit_eval_batches": optional(integer(1)),
+    "overfit_batches": integer(0), "profile_steps": integer(0), "detect_anomaly": BOOLEAN,
+    "pictures": BOOLEAN,
 }
 
 
@@ -58,7 +65,13 @@ class Trainer:
         self.global_batch = int(self.t.batch_size) * self.world
         distributed.check_split_sizes(training=len(data.train), validation=len(data.val),
                                       test=len(data.test))
+        self.overfit = int(self.t.get("overfit_batches") or 0)
+        if self.overfit:   # debug=overfit: the same few batches every epoch, validated on them
+            data.train = data.train.part(0, self.overfit * self.global_batch)
+            data.val = data.train
         self.steps_per_epoch = distributed.steps_per_epoch(len(data.train), self.global_batch)
+        if self.t.get("limit_train_batches"):   # debug=fast
+            self.steps_per_epoch = min(self.steps_per_epoch, int(self.t.limit_train_batches))
         # Stages run one after the other; each step of a stage runs its phases in order,
         # each updating one parameter group with its own optimizer and schedule.
         self.stages, groups = training_plan(model, objective, int(self.t.epochs))
@@ -81,13 +94,28 @@ class Trainer:
         self.epoch_examples = 0
         self.overrides: list[str] = []   # the command line's overrides, for resume=
         self.watch_dir = self.run_dir.is_dir()   # deleted under the run (a sweep's folder)?
+        # The non-finite guard: on the device (no sync per step) where every optimizer can
+        # skip its own update (training.guard), else a check read back every step.
+        self.guard = DeviceGuard(device)
+        self.callbacks = build_callbacks(cfg.get("callbacks"))
+        self.step_hooks = hooks(self.callbacks, "on_step_end")
+        self.stopped_early: dict | None = None   # {"epoch", "reason", "callback"}
         k = min(int(self.t.num_images), len(data.val))   # a fixed batch: grids compare
         self.report = Reporter(tb, self.t, self.rank, data.val.floats(k), data.val.y[:k],
                                int(cfg.seed))
+        self.choose_guard()
+
+    def choose_guard(self) -> None:
+        """The device guard where this process can use it: one process, and every optimizer
+        skipping its own update on the device (fused); else every step is checked."""
+        self.skipped_before, self.amp_before = self.skipped_steps, self.amp_skipped_steps
+        self.device_guard = (self.world == 1 and self.t.nonfinite_check == "auto" and all(
+            optimizer_skips_on_device(o) for o in self.optim.optimizers.values()))
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint (see :func:`vae_train.training.state.restore`)."""
         state.restore(self, path)
+        self.choose_guard()
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -95,20 +123,58 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # -- the loop ---------------------------------------------------------------------------
+    def request_stop(self, reason: str, by: str = "") -> None:
+        """Stop after this epoch (a callback: early stopping). The epoch's checkpoint, the
+        run's ``metrics.json`` and a later resume know it."""
+        self.stopped_early = {"epoch": self.epoch, "reason": reason, "callback": by}
+
     def fit(self) -> None:
         epochs = self.total_epochs
-        if self.epoch >= epochs and epochs > 0:
+        before, self.stopped_early = self.stopped_early, None
+        for hook in hooks(self.callbacks, "on_fit_start"):
+            hook(self)
+        if self.stopped_early:
+            log.info("the run stopped early at epoch %d (%s); nothing more to train. To go on, "
+                     "resume with the callback's setting changed or the callback off",
+                     self.stopped_early["epoch"], self.stopped_early["reason"])
+            epochs = self.epoch
+        elif before:
+            log.info("the run had stopped early at epoch %d (%s); training goes on",
+                     before["epoch"], before["reason"])
+        if self.epoch >= epochs and epochs > 0 and not self.stopped_early:
             log.info("already trained for %d epochs (trainer.epochs=%d); raise trainer.epochs "
                      "to train longer", self.epoch, epochs)
+        profiler = None
+        if int(self.t.get("profile_steps") or 0) and self.rank == 0:
+            profiler = StepProfiler(self.run_dir, int(self.t.profile_steps), self.device)
+            self.step_hooks = [*self.step_hooks, profiler]
+        anomaly = (torch.autograd.detect_anomaly(check_nan=True)
+                   if self.t.get("detect_anomaly") else nullcontext())
         try:
-            with self.stopping.signals():
+            with self.stopping.signals(), anomaly:
                 for epoch in range(self.epoch + 1, epochs + 1):
                     self.enter_stage(epoch)
                     self.run_epoch(epoch)
+                    if self.stopped_early:
+                        log.info("stopped early after epoch %d by callbacks.%s: %s",
+                                 epoch, self.stopped_early["callback"],
+                                 self.stopped_early["reason"])
+                        break
                     if self.stopping.requested(agree=True) and epoch < epochs:
                         self.stopping.exit(f"after epoch {epoch}; checkpoints/last.pt holds it",
                                            self.rank, self.run_dir)
                 self.enter_stage(self.epoch, starting=False)
+            for hook in hooks(self.callbacks, "on_fit_end"):
+                hook(self)
+        except RuntimeError as e:   # detect_anomaly: the backward function that made a NaN
+            if not self.t.get("detect_anomaly") or "returned nan" not in str(e):
+                raise
+            kept = (f"checkpoints keep epoch {self.epoch}" if self.epoch
+                    else "no checkpoint was written")
+            raise NonFiniteError(f"autograd anomaly detection at step {self.step + 1} (epoch "
+                                 f"{self.epoch + 1}): {first_line(e)} (the forward call that "
+                                 f"made it is in the warning above); {kept}",
+                                 step=self.step + 1, term="gradient") from None
         except KeyboardInterrupt:
             if self.epoch == 0 and not (self.ckpt_dir / "last.pt").is_file():
                 log.error("interrupted in epoch 1, before the first checkpoint; start the run "
@@ -118,6 +184,10 @@ class Trainer:
                           "with: %s resume=%s", self.epoch + 1, self.epoch,
                           distributed.command(), self.run_dir)
             raise SystemExit(130) from None
+        finally:
+            if profiler is not None:
+                profiler.close()
+                self.step_hooks = [h for h in self.step_hooks if h is not profiler]
 
     def stage_index(self, epoch: int) -> int:
         """Which stage epoch ``epoch`` (1-based) belongs to (the last one past the end)."""
@@ -165,8 +235,14 @@ class Trainer:
         self.report.epoch_end(self.model, epoch, self.step, lr, train, val)
         self.epoch = epoch
         self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
+        for hook in hooks(self.callbacks, "on_epoch_end"):
+            hook(self, self.history[-1])
+        if self.stopped_early:
+            self.history[-1]["stopped_early"] = self.stopped_early["reason"]
         # best.pt: the same bytes as last.pt, copied rather than serialised again
         state.save(self, state.state_dict(self), "last.pt", "best.pt" if improved else None)
+        for hook in hooks(self.callbacks, "on_checkpoint"):
+            hook(self, self.ckpt_dir / "last.pt")
         Reporter.epoch_line(epoch, self.total_epochs, train, val, improved,
                             speed_unit(self.data.shape))
 
@@ -179,7 +255,8 @@ class Trainer:
             partial = None
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         if partial is None:
-            perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+            perm = (torch.arange(n) if self.overfit
+                    else torch.randperm(n, generator=self.shuffle_gen)).to(self.device)
             first, before, self.epoch_examples = 0, 0.0, 0
         else:   # the rest of an epoch that a signal stopped
             perm = partial["perm"].to(self.device)
@@ -197,16 +274,18 @@ class Trainer:
             self._steps(epoch, perm, first, sums, bar, start, before)
         finally:
             bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
+        self.check_guard()   # the end of an epoch: the host learns of skipped steps
+        self.epoch_examples = int(self.epoch_examples)
         sums, used = distributed.sum_dict(sums, self.epoch_examples)   # over the ranks
-        used = max(1, used)                          # examples of the steps not skipped
-        means = {k: (v / used).item() for k, v in sums.items()}  # .item() waits for the device
+        # examples of the steps not skipped (none: no mean, and the epoch diverged)
+        means = {k: (v / used).item() for k, v in sums.items()} if used else {}
         now = time.perf_counter()
         seconds = now - start + before
         self.train_time += now - start
-        self.train_images += min(n, self.steps_per_epoch * self.global_batch) - first * \
-            self.global_batch
+        used_n = min(n, self.steps_per_epoch * self.global_batch)   # (debug: fewer batches)
+        self.train_images += used_n - first * self.global_batch
         means["seconds"] = seconds
-        means["images_per_sec"] = n / seconds
+        means["images_per_sec"] = used_n / seconds
         return means
 
     def _steps(self, epoch, perm, first, sums, bar, start: float, before: float) -> None:
@@ -221,9 +300,12 @@ class Trainer:
             shares.append(idx)
             weights.append(weight)
         batches = self.data.train_batches(shares)   # read ahead when the data are in a file
+        check_every = int(self.t.nonfinite_check_steps)
         try:
             for i, weight, (x, y) in zip(range(first, self.steps_per_epoch), weights, batches):
                 if self.stopping.requested():   # a signal: save the position in the epoch
+                    self.check_guard()
+                    self.epoch_examples = int(self.epoch_examples)
                     now = time.perf_counter()
                     self.train_time += now - start
                     self.train_images += (i - first) * bs
@@ -233,19 +315,107 @@ class Trainer:
                                        "point", self.rank, self.run_dir)
                 terms = self.train_step(x, y, weight)
                 bar.update()
-                if terms is None:   # a skipped non-finite step
+                for hook in self.step_hooks:
+                    hook(self)
+                if terms is None:   # a skipped non-finite step (checked every step)
                     continue
-                self.epoch_examples += len(x)
-                for k, v in terms.items():
-                    sums[k] += v.detach().float() * len(x)
+                if self.device_guard:   # a bad step (not known here) adds nothing
+                    ok = self.guard.end_step()
+                    self.epoch_examples = self.epoch_examples + ok.long() * len(x)
+                    for k, v in terms.items():
+                        sums[k] += torch.where(ok, v.detach().float(), 0.0) * len(x)
+                    if self.step % check_every == 0:
+                        self.check_guard()
+                else:
+                    self.epoch_examples += len(x)
+                    for k, v in terms.items():
+                        sums[k] += v.detach().float() * len(x)
                 if self.step % int(self.t.log_every_steps) == 0:
                     values = {k: v.item() for k, v in terms.items()}
-                    self.report.tb.scalars("train_step", values, self.step)
-                    bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
+                    if all(map(math.isfinite, values.values())):
+                        self.report.tb.scalars("train_step", values, self.step)
+                        bar.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
         finally:
             batches.close()   # stops a background reader
 
+    def check_guard(self) -> None:
+        """Read the device guard (one sync): the run's skipped steps, and a stop
+        (``trainer.nonfinite=stop``, or past ``trainer.max_skipped_steps``) naming the first
+        non-finite step. Nothing to read when every step is checked."""
+        if not self.device_guard:
+            return
+        seen = self.guard.read_count
+        count, amp, first = self.guard.read()
+        self.skipped_steps = self.skipped_before + count
+        self.amp_skipped_steps = self.amp_before + amp
+        if count > seen:
+            self.stopping.read_back(first, self.skipped_before + seen, self.skipped_steps,
+                                    self.epoch, len(self.phases))
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict | None:
+        """One optimizer step of every phase on a batch: on the device guard's path
+        (:meth:`_device_step`) or checked on the host (:meth:`_checked_step`)."""
+        if self.device_guard:
+            return self._device_step(x, y, weight)
+        return self._checked_step(x, y, weight)
+
+    def _device_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict:
+        """One optimizer step of every phase, with no read from the device: a non-finite loss
+        term or gradient sets the optimizer's ``found_inf``, so its fused step leaves the
+        weights and its state untouched (and the step of every later phase of the batch);
+        the guard counts it. The step counter and schedules move on (a skipped step is a
+        step). Returns the terms of all phases (``loss`` is the first phase's); the caller
+        asks ``guard.end_step()`` whether the step counted."""
+        clip = self.t.grad_clip
+        merged: dict[str, torch.Tensor] = {}
+        fp16 = self.scaler.is_enabled()
+        self.guard.start_step()
+        bad_terms_any = None
+        for name in self.phases:
+            with self.autocast():
+                terms = self.forward(x, y, self.step, name)
+            values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+            bad_terms = ~torch.isfinite(values).all()
+            bad_terms_any = bad_terms if bad_terms_any is None else bad_terms_any | bad_terms
+            opt = self.optim[name]
+            opt.zero_grad(set_to_none=True)
+            loss = terms["loss"] if weight == 1.0 else terms["loss"] * weight
+            self.scaler.scale(loss).backward()
+            params = self.optim.params[name]
+            grads = [p.grad for p in params if p.grad is not None]
+            if fp16:   # the scaler skips on inf/NaN gradients itself (and counts as amp);
+                # a bad loss term makes every gradient NaN, so it skips that step too
+                found = self.guard.phase(name, list(terms), values, bad_terms, None,
+                                         self.step, self.epoch + 1)
+                if grads:
+                    torch._foreach_mul_(grads, torch.where(found > 0, math.nan, 1.0))
+                if clip:
+                    self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                self.scaler.step(opt)
+            else:
+                norm = (torch.nn.utils.clip_grad_norm_(params, float(clip)) if clip
+                        else total_norm(grads))
+                opt.found_inf = self.guard.phase(name, list(terms), values, bad_terms,
+                                                 ~torch.isfinite(norm), self.step,
+                                                 self.epoch + 1)
+                try:
+                    opt.step()
+                finally:
+                    opt.found_inf = None
+            merged.update(terms if not merged else {k: v for k, v in terms.items() if k != "loss"})
+        if fp16:
+            scale = getattr(self.scaler, "_scale", None)   # (updated in place)
+            scale = scale.clone() if scale is not None else None
+            self.scaler.update()
+            after = getattr(self.scaler, "_scale", None)
+            if scale is not None and after is not None:   # backed off: the scaler skipped
+                self.guard.amp += ((after < scale) & ~bad_terms_any).long()
+        self.optim.step_schedules(self.phases)
+        self.step += 1
+        return merged
+
+    def _checked_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict | None:
         """One optimizer step of every phase on a batch; the terms of all phases, where
         ``loss`` is the first phase's (the run's headline loss). A non-finite loss term or
         gradient stops the run (``trainer.nonfinite=stop``) or skips the step (``skip``: None
@@ -307,6 +477,9 @@ class Trainer:
         then summed over the ranks)."""
         self.model.eval()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        limit = self.t.get("limit_eval_batches")   # debug=fast: the first batches only
+        if limit:
+            split = split.part(0, int(limit) * int(self.t.eval_batch_size))
         a, b = distributed.shard(len(split))
         part = split.part(a, b) if self.world > 1 else split
         for x, y in self.data.eval_batches(part, int(self.t.eval_batch_size)):
