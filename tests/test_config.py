@@ -211,7 +211,8 @@ def _numeric_leaves(node, path=""):
         yield path
 
 
-@pytest.mark.parametrize("group", ["model", "dataset", "loss", "optimizer", "device"])
+@pytest.mark.parametrize("group", ["model", "dataset", "loss", "optimizer", "device",
+                                   "callbacks", "debug", "logger"])
 def test_every_numeric_option_of_every_group_is_checked_before_data_is_read(group):
     """Each number (or list of numbers) any option of the group sets has a rule, found through
     the config (the classes its nodes' ``_target_`` name, and the fixed nodes' tables), which

@@ -58,7 +58,7 @@ def _keys(node, prefix=""):
 
 
 @pytest.mark.parametrize("folder", ["model", "dataset", "loss", "optimizer", "device",
-                                    "commands"])
+                                    "commands", "callbacks", "debug", "logger"])
 def test_every_option_is_documented(folder):
     """Each key any YAML of the folder sets appears in docs/ as code (``key`` or
     ``group.key``)."""

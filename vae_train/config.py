@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from vae_train import checks
-from vae_train.checks import BOOLEAN, integer
+from vae_train.checks import BOOLEAN, Rule, integer, optional
 from vae_train.device import DEVICE_CHECKS
 from vae_train.training.optim import OPTIMIZER_CHECKS, SCHEDULE_CHECKS
 from vae_train.training.trainer import TRAINER_CHECKS
@@ -19,16 +19,27 @@ FIXED_RULES = {
     "optimizer.lr_schedule": SCHEDULE_CHECKS,
     "trainer": TRAINER_CHECKS,
     "device": DEVICE_CHECKS,
-    "": {"seed": integer(0), "overwrite": BOOLEAN, "trust_run_code": BOOLEAN},
+    "": {"seed": integer(0), "overwrite": BOOLEAN, "trust_run_code": BOOLEAN,
+         "tags": Rule(lambda v: not isinstance(v, (str, bytes)) and all(
+             isinstance(t, (str, int, float)) and not isinstance(t, bool) for t in v),
+             "a list of words, e.g. tags=[baseline,v2]"),
+         "notes": optional(Rule(lambda v: isinstance(v, str), "a string"))},
 }
+
+
+def _fixed(cfg: DictConfig) -> dict:
+    """The fixed nodes' rules and those of the callbacks the config names."""
+    from vae_train.callbacks import callback_rules
+
+    return {**FIXED_RULES, **callback_rules(cfg.get("callbacks"))}
 
 
 def rules(cfg: DictConfig) -> dict[str, checks.Rule]:
     """Full key -> rule, for every checked key of a composed training config."""
-    return checks.all_rules(cfg, FIXED_RULES)
+    return checks.all_rules(cfg, _fixed(cfg))
 
 
 def validate(cfg: DictConfig) -> None:
     """Every value of a composed training config against its rule; the first bad one is one
     line naming its full key (:class:`vae_train.errors.UserError`)."""
-    checks.validate(cfg, FIXED_RULES)
+    checks.validate(cfg, _fixed(cfg))

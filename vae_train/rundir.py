@@ -29,11 +29,11 @@ def results(run_dir: str | Path, everything: bool = False) -> list[Path]:
     record, evaluations); ``everything``: with what goes with them (pictures, TensorBoard
     events, the data statistics)."""
     run_dir = Path(run_dir)
-    found = [*sorted((run_dir / "checkpoints").glob("*.pt"))]
+    found = [*sorted((run_dir / "checkpoints").rglob("*.pt"))]   # (and top/: callbacks=top_k)
     patterns = ["metrics.json", "failed.json", "eval*.json"]
     if everything:
         patterns += ["data_stats.json", "*.png", "events.out.tfevents.*", "samples",
-                     "eval*.json.stale"]
+                     "eval*.json.stale", "profile"]
     for pattern in patterns:
         found += sorted(run_dir.glob(pattern))
     return found

@@ -146,8 +146,10 @@ def load_run(run: str, which: str = "best", device: str = "auto",
         run_cfg = run_target = None
     if "config" not in state and not OmegaConf.is_dict(run_cfg):
         raise UserError(f"run={run}: neither {ckpt} nor {saved} holds a readable config")
-    trust.check_config(state.get("config") or OmegaConf.to_container(run_cfg, resolve=False),
-                       f"run {run}", trust_run_code)
+    conf = state.get("config") or OmegaConf.to_container(run_cfg, resolve=False)
+    if isinstance(conf, dict):   # (callbacks are built by training alone)
+        conf = {k: v for k, v in conf.items() if k != "callbacks"}
+    trust.check_config(conf, f"run {run}", trust_run_code)
     if run_target and state.get("model_target") and state["model_target"] != run_target:
         raise UserError(f"checkpoint {ckpt} holds a different model ({state['model_target']}) "
                         f"than run {run} ({run_target}); give the checkpoint's own run "

@@ -100,8 +100,8 @@ def _run(cfg: DictConfig) -> float:
         trainer.overrides = argv.kept_for_resume(list(hc.overrides.task), list(hc.overrides.hydra))
         if cfg.resume:
             trainer.restore(Path(cfg.resume))
-            if main_rank and trainer.epoch < trainer.total_epochs:
-                rundir.set_evaluations_aside(run_dir)
+            if main_rank:   # evaluations of the old weights: stale once an epoch is saved
+                trainer.before_first_save = lambda: rundir.set_evaluations_aside(run_dir)
         try:
             trainer.fit()
         except (NonFiniteError, DiskError) as e:   # the failure, where and what, for the user

@@ -100,6 +100,7 @@ class Trainer:
         self.callbacks = build_callbacks(cfg.get("callbacks"))
         self.step_hooks = hooks(self.callbacks, "on_step_end")
         self.stopped_early: dict | None = None   # {"epoch", "reason", "callback"}
+        self.before_first_save = None   # called once before this process's first checkpoint
         k = min(int(self.t.num_images), len(data.val))   # a fixed batch: grids compare
         self.report = Reporter(tb, self.t, self.rank, data.val.floats(k), data.val.y[:k],
                                int(cfg.seed))
@@ -239,6 +240,9 @@ class Trainer:
             hook(self, self.history[-1])
         if self.stopped_early:
             self.history[-1]["stopped_early"] = self.stopped_early["reason"]
+        if self.before_first_save is not None:
+            self.before_first_save, first_save = None, self.before_first_save
+            first_save()
         # best.pt: the same bytes as last.pt, copied rather than serialised again
         state.save(self, state.state_dict(self), "last.pt", "best.pt" if improved else None)
         for hook in hooks(self.callbacks, "on_checkpoint"):
