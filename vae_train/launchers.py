@@ -55,6 +55,27 @@ def chosen(argv: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _sweep_preset(argv: list[str]) -> str | None:
+    """``experiment=NAME`` or ``sweep=NAME`` on the command line whose file sets a grid
+    (``hydra.sweeper.params``); a preset of your own (found through hydra.searchpath) is not
+    looked for."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from vae_train import CONFIG_DIR
+
+    for a in argv:
+        key, _, value = a.partition("=")
+        group = key.lstrip("+")
+        if group in ("experiment", "sweep") and value and not a.startswith("-"):
+            path = Path(CONFIG_DIR) / group / f"{value}.yaml"
+            if path.is_file() and OmegaConf.select(OmegaConf.load(path),
+                                                   "hydra.sweeper.params") is not None:
+                return f"{group}={value}"
+    return None
+
+
 def check(argv: list[str]) -> None:
     """Raise a one-line :class:`UserError` when a launcher/search preset on the command line
     cannot work: its extra is not installed, it is given without ``-m`` (a single run ignores
@@ -70,6 +91,10 @@ def check(argv: list[str]) -> None:
             "'loss.beta=choice(1,4)' or 'optimizer.lr=tag(log,interval(1e-4,1e-2))'")
     multirun = any(a in ("-m", "--multirun") for a in argv)
     inspect = any(a == f or a.startswith(f + "=") for a in argv for f in _INSPECT)
+    preset = _sweep_preset(argv)
+    if preset and not multirun and not inspect:
+        raise UserError(f"{preset} is a sweep (its runs are a grid): add -m "
+                        f"(python -m vae_train -m {preset} ...)")
     for group, option in picks:
         extra, plugin, library = PLUGINS[(group, option)]
         if not installed(plugin, library):
