@@ -130,6 +130,22 @@ def kept_for_resume(task: list[str], hydra_overrides: list[str]) -> list[str]:
             + [o for o in hydra_overrides if override_key(o) == "hydra.searchpath"])
 
 
+# Groups whose options are a list (several at once): "none" is spelt as the empty list on
+# Hydra's command line, and `group=null` (the Lightning-Hydra template's spelling) means it.
+LIST_GROUPS = ("logger", "callbacks")
+
+
+def null_groups(argv: list[str]) -> list[str]:
+    """``logger=null`` / ``callbacks=null`` (which Hydra refuses for a group) as ``=[]``."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if eq and key in LIST_GROUPS and value.strip().lower() in ("null", "none"):
+            a = f"{key}=[]"
+        out.append(a)
+    return out
+
+
 # -- sweeps ----------------------------------------------------------------------------------------
 def sweep_argv(argv: list[str]) -> list[str]:
     """In a sweep, name each job's directory by the swept keys only: every other key given on

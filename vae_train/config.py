@@ -8,8 +8,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from vae_train import checks
-from vae_train.checks import BOOLEAN, Rule, integer, optional
+from vae_train.checks import BOOLEAN, integer
 from vae_train.device import DEVICE_CHECKS
+from vae_train.logging import label_rules, logger_specs
 from vae_train.training.optim import OPTIMIZER_CHECKS, SCHEDULE_CHECKS
 from vae_train.training.trainer import TRAINER_CHECKS
 
@@ -20,10 +21,7 @@ FIXED_RULES = {
     "trainer": TRAINER_CHECKS,
     "device": DEVICE_CHECKS,
     "": {"seed": integer(0), "overwrite": BOOLEAN, "trust_run_code": BOOLEAN,
-         "tags": Rule(lambda v: not isinstance(v, (str, bytes)) and all(
-             isinstance(t, (str, int, float)) and not isinstance(t, bool) for t in v),
-             "a list of words, e.g. tags=[baseline,v2]"),
-         "notes": optional(Rule(lambda v: isinstance(v, str), "a string"))},
+         **label_rules()},   # tags: a list of labels; notes: null or one string
 }
 
 
@@ -43,3 +41,4 @@ def validate(cfg: DictConfig) -> None:
     """Every value of a composed training config against its rule; the first bad one is one
     line naming its full key (:class:`vae_train.errors.UserError`)."""
     checks.validate(cfg, _fixed(cfg))
+    logger_specs(cfg)   # an unknown logger option or a missing extra, before data is read

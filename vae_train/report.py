@@ -21,9 +21,10 @@ expanded: the report lists the runs it finds and says so, as it does without a
 ``multirun.yaml``. Written into the sweep directory (or ``out=``):
 
 * ``report.csv``   one row per job: status, the swept values, every metric (``eval_*`` from
-                   ``eval.json``), what is known of a job without results;
-* ``report.md``    the same as a table, the jobs without results with their reasons, and
-                   the plots;
+                   ``eval.json``), the run's ``tags`` and ``notes``, what is known of a job
+                   without results;
+* ``report.md``    the same as a table (with tags and notes columns when a run has them),
+                   the jobs without results with their reasons, and the plots;
 * ``metrics.png``  each metric against the x key (``loss.beta`` when it was swept), one line per
                    value of the other swept keys (for a beta x latent-size sweep: per latent size);
 * ``rate_distortion.png``  every run as a point in the plane of KL (rate, nats) against
@@ -51,7 +52,7 @@ from vae_train.errors import UserError
 from vae_train.options import KEY, PATH, check_options, check_output
 from vae_train.runs import hydra_app
 
-USAGE = ("usage: python -m vae_train.report <sweep dir> [x=KEY] [lines=KEY] [out=DIR] "
+USAGE = ("usage: python -m vae_train.report <sweep dir> [x=KEY] [lines=KEY] [out=DIR] [tag=TAG] "
          "(--help explains them)")
 CHECKS = {"sweep": PATH, "out": optional(PATH, "null (the sweep directory) or a path"),
           "x": optional(KEY, "null or a swept key"), "lines": optional(KEY, "null or a swept key")}
@@ -281,8 +282,31 @@ def _unfinished(run_dir: Path) -> str:
             "resume; run the job again")
 
 
+def labels_of(run_dir: Path, metrics) -> tuple[list[str], str]:
+    """The run's tags and notes: from ``metrics.json`` (a finished run), else from its
+    composed config (``.hydra/config.yaml``: a failed or unfinished run); none when neither
+    has them."""
+    source = metrics if isinstance(metrics, dict) and "tags" in metrics else None
+    if source is None:
+        config = run_dir / ".hydra" / "config.yaml"
+        try:
+            if config.is_file() and config.stat().st_size <= MAX_JSON_BYTES:
+                loaded = OmegaConf.load(config)
+                source = {k: OmegaConf.select(loaded, k, default=None) for k in ("tags", "notes")}
+                source = OmegaConf.to_container(OmegaConf.create(source))
+        except Exception:  # noqa: BLE001 - damaged YAML: the run's labels are unknown
+            source = None
+    source = source or {}
+    tags = source.get("tags")
+    tags = [str(t) for t in tags] if isinstance(tags, list) else \
+        ([str(tags)] if isinstance(tags, (str, int, float)) and str(tags) else [])
+    notes = source.get("notes")
+    return tags, "" if notes is None else str(notes)
+
+
 def read_run(sweep: Path, run_dir: Path) -> dict:
-    """One job's record from its folder: status, overrides, metrics, error (or note)."""
+    """One job's record from its folder: status, overrides, metrics, tags and notes, error
+    (or note)."""
     overrides, note = {}, []
     ov_file = run_dir / ".hydra" / "overrides.yaml"
     if ov_file.is_file():
@@ -293,6 +317,7 @@ def read_run(sweep: Path, run_dir: Path) -> dict:
             note.append(".hydra/overrides.yaml is unreadable")
     rec = {"run": str(run_dir.relative_to(sweep)), "job": "", "overrides": overrides,
            "metrics": {}, "status": "unfinished", "error": "", "note": note}
+    metrics = None
     if (run_dir / "metrics.json").exists():
         metrics, why = _read_json(run_dir / "metrics.json")
         if why is None and not isinstance(metrics, dict):
@@ -329,6 +354,7 @@ def read_run(sweep: Path, run_dir: Path) -> dict:
             rec["status"], rec["error"] = state
         else:
             rec["error"] = _unfinished(run_dir)
+    rec["tags"], rec["notes"] = labels_of(run_dir, metrics)
     return rec
 
 
@@ -387,7 +413,8 @@ def collect(sweep: Path) -> tuple[list[dict], list[str]]:
             rec["overrides"] = {**expected, **rec["overrides"]}
         else:
             rec = {"run": job.dirname or f"job {job.num}", "overrides": expected,
-                   "metrics": {}, "status": "missing", "error": MISSING, "note": []}
+                   "metrics": {}, "status": "missing", "error": MISSING, "note": [],
+                   "tags": [], "notes": ""}
         rec["job"] = job.num
         records.append(rec)
     extra = [r for r in found if r not in used]
@@ -435,11 +462,13 @@ def summary(runs: list[dict]) -> str:
 def write_csv(runs, keys, metric_names, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", "job", "status", *keys, *metric_names, "error", "note"])
+        w.writerow(["run", "job", "status", *keys, *metric_names, "tags", "notes", "error",
+                    "note"])
         for r in runs:
             w.writerow([r["run"], r["job"], r["status"],
                         *(r["overrides"].get(k, "") for k in keys),
-                        *(r["metrics"].get(m, "") for m in metric_names), r["error"],
+                        *(r["metrics"].get(m, "") for m in metric_names),
+                        ", ".join(r.get("tags", [])), r.get("notes", ""), r["error"],
                         "; ".join(r["note"])])
 
 
@@ -447,6 +476,11 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
     return str(v)
+
+
+def _cell(text: str) -> str:
+    """Free text in one Markdown table cell: one line, no column breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def write_markdown(sweep, runs, keys, metric_names, plots, notes, path: Path) -> None:
@@ -459,11 +493,13 @@ def write_markdown(sweep, runs, keys, metric_names, plots, notes, path: Path) ->
              + (", ".join(f"`{k}`" for k in keys) or "nothing") + ". Losses in nats per example "
              "(test split, best checkpoint); `eval_*` from `python -m vae_train.evaluate`. Every "
              "metric of every run is in `report.csv`.", ""]
-    header = ["run", *keys, *shown]
+    labels = [c for c in ("tags", "notes") if any(r.get(c) for r in ok)]
+    header = ["run", *keys, *shown, *labels]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in ok:
         cells = [r["run"], *(_fmt(r["overrides"].get(k, "")) for k in keys),
-                 *(_fmt(r["metrics"].get(m, "")) for m in shown)]
+                 *(_fmt(r["metrics"].get(m, "")) for m in shown),
+                 *(_cell(", ".join(r["tags"]) if c == "tags" else r["notes"]) for c in labels)]
         lines.append("| " + " | ".join(cells) + " |")
     if bad:
         lines += ["", "## Jobs without results", ""]
@@ -574,7 +610,9 @@ def plot(runs, keys, x_key, group_keys, out: Path) -> list[tuple[str, str]]:
     return made
 
 
-def report(sweep: Path, x=None, lines=None, out: Path | None = None) -> dict:
+def report(sweep: Path, x=None, lines=None, out: Path | None = None,
+           tag: str | None = None) -> dict:
+    """The report of ``sweep`` (see the module); ``tag``: only the runs that carry it."""
     if not sweep.is_dir():
         what = "is a file, not a directory" if sweep.exists() else "no such directory"
         raise UserError(f"{sweep}: {what}; give a sweep directory "
@@ -585,6 +623,14 @@ def report(sweep: Path, x=None, lines=None, out: Path | None = None) -> dict:
     if not runs:
         raise UserError(f"{sweep}: no runs found (no sub-folder with .hydra/, and no "
                         f"{MULTIRUN}); give a sweep directory (outputs/multirun/<date>/<time>)")
+    if tag is not None:
+        tagged = [r for r in runs if str(tag) in r.get("tags", [])]
+        if not tagged:
+            known = sorted({t for r in runs for t in r.get("tags", [])})
+            raise UserError(f"tag={tag}: no run of {sweep} carries it; its tags: "
+                            + (", ".join(known) or "none"))
+        notes = [*notes, f"Only the {len(tagged)} of {len(runs)} runs tagged `{tag}`."]
+        runs = tagged
     keys = swept_keys(runs)
     runs.sort(key=lambda r: _sort_key(r, keys))
     metric_names = sorted({m for r in runs for m in r["metrics"]},
@@ -601,8 +647,12 @@ def report(sweep: Path, x=None, lines=None, out: Path | None = None) -> dict:
 @hydra_app("report", USAGE, path_keys=("sweep", "out"), positional="sweep")
 def main(args):
     check_options(args, CHECKS)
+    tag = args.get("tag")
+    if tag is not None and (not isinstance(tag, (str, int, float)) or not str(tag).strip()):
+        raise UserError(f"tag={tag} is invalid: it must be one tag of the runs (tag=baseline)")
     result = report(Path(str(args.sweep)).expanduser(), args.x, args.lines,
-                    Path(str(args.out)).expanduser() if args.out else None)
+                    Path(str(args.out)).expanduser() if args.out else None,
+                    None if tag is None else str(tag))
     runs = result["runs"]
     print(f"{summary(runs)}; swept: {', '.join(result['keys']) or 'nothing'}", file=sys.stderr)
     for note in result["notes"]:

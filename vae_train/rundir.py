@@ -33,7 +33,8 @@ def results(run_dir: str | Path, everything: bool = False) -> list[Path]:
     patterns = ["metrics.json", "failed.json", "eval*.json"]
     if everything:
         patterns += ["data_stats.json", "*.png", "events.out.tfevents.*", "samples",
-                     "eval*.json.stale", "profile"]
+                     "eval*.json.stale", "profile", "metrics.csv", "hparams.yaml",
+                     "loggers.json", "wandb"]
     for pattern in patterns:
         found += sorted(run_dir.glob(pattern))
     return found

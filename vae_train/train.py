@@ -177,7 +177,8 @@ def main() -> None:
     threading.excepthook = _thread_error
     try:
         launchers.check(sys.argv[1:])
-        args = argv.sweep_argv(argv.resume_argv(argv.absolute_searchpath(sys.argv[1:])))
+        args = argv.sweep_argv(argv.resume_argv(argv.absolute_searchpath(
+            argv.null_groups(sys.argv[1:]))))
         sys.argv = [sys.argv[0], *argv.join_processes(args)]
         if distributed.is_main():
             _before_hydra(sys.argv[1:])

@@ -1,6 +1,7 @@
-"""What a run reports: at the end of each epoch the history record, the TensorBoard scalars and
-pictures and one log line; at the end of the run ``metrics.json``, the pictures with the best
-weights and the run's row in TensorBoard's HPARAMS table; ``metrics.json`` of a run a
+"""What a run reports: at the end of each epoch the history record, the loggers' scalars, row
+and pictures (TensorBoard, csv, wandb, mlflow: ``vae_train.logging``) and one log line; at the
+end of the run ``metrics.json`` (with the run's tags and notes), the pictures with the best
+weights, the test scalars and the run's hyperparameter row; ``metrics.json`` of a run a
 non-finite value stopped."""
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import math
 import re
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vae_train.argv import SWEEP_GROUPS, override_key
 from vae_train.distributions import bits_per_dim
 from vae_train.errors import UserError
 from vae_train.files import write_json
-from vae_train.logging import TBLogger
+from vae_train.logging import Loggers, hparams_of, run_labels
 from vae_train.losses import SCHEDULE_TERMS
 from vae_train.pictures import save_figures, training_figures
 
@@ -32,25 +31,40 @@ log = logging.getLogger("vae_train")
 
 
 class Reporter:
-    """Writes what the trainer measured. ``tb`` is the run's TensorBoard writer (disabled on
-    ranks other than 0); pictures are drawn from a fixed validation batch (fig_x, fig_y)."""
+    """Writes what the trainer measured. ``tb`` is the run's loggers (``make_loggers``: none on
+    ranks other than 0; a single logger such as a ``TBLogger`` is wrapped into
+    :class:`Loggers`); pictures are drawn from a fixed validation batch (fig_x, fig_y)."""
 
-    def __init__(self, tb: TBLogger, trainer_cfg, rank: int, fig_x, fig_y, seed: int = 0):
-        self.tb, self.t, self.rank = tb, trainer_cfg, rank
+    def __init__(self, tb, trainer_cfg, rank: int, fig_x, fig_y, seed: int = 0):
+        self.tb = tb if isinstance(tb, Loggers) else Loggers({"tensorboard": tb})
+        self.t, self.rank = trainer_cfg, rank
+        self.whole_records = False   # epoch_record has been called: rows come from it
         self.fig_x, self.fig_y, self.seed = fig_x, fig_y, seed
 
     def figures(self, model) -> dict:
         return training_figures(model, self.fig_x, self.fig_y, len(self.fig_x), seed=self.seed)
 
     def epoch_end(self, model, epoch: int, step: int, lr: float, train: dict, val: dict) -> None:
-        """TensorBoard scalars of the epoch's terms and, every ``trainer.image_every_epochs``,
-        its pictures."""
+        """The loggers' scalars of the epoch's terms and, every ``trainer.image_every_epochs``,
+        its pictures. The epoch's row (csv) comes from :meth:`epoch_record` once the trainer
+        calls it; until then from these terms."""
         self.tb.scalars("train", {k: v for k, v in train.items() if k != "seconds"}, step)
         self.tb.scalars("val", val, step)
         self.tb.scalars("opt", {"lr": lr, "epoch": epoch}, step)
+        if not self.whole_records:
+            self.tb.epoch({"epoch": epoch, "step": step, "lr": lr,
+                           **{f"train_{k}": v for k, v in train.items()},
+                           **{f"val_{k}": v for k, v in val.items()}}, step)
         every = int(self.t.image_every_epochs)
-        if every and epoch % every == 0 and self.rank == 0:
+        if every and epoch % every == 0 and self.rank == 0 and self.t.get("pictures", True):
             self.tb.images(self.figures(model), step)
+
+    def epoch_record(self, record: dict, step: int) -> None:
+        """The loggers' row of one epoch: its whole history record as ``metrics.json`` keeps
+        it (the trainer calls this once the record is complete: callbacks, epoch time); it
+        replaces the row :meth:`epoch_end` wrote."""
+        self.whole_records = True
+        self.tb.epoch(record, step)
 
     @staticmethod
     def history_record(epoch: int, step: int, lr: float, skipped: int, amp_skipped: int,
@@ -81,9 +95,10 @@ class Reporter:
 
     def run_end(self, tr, cfg: DictConfig, run_dir: Path, model, test: dict, best_epoch: int,
                 n_params: int, device, world: int) -> dict:
-        """``metrics.json`` (rank 0), the pictures with the best weights, the test scalars
-        and the HPARAMS row; returns the metrics. On 8-bit images the test -ELBO is also
+        """``metrics.json`` (rank 0, with the run's ``tags`` and ``notes``), the pictures with
+        the best weights, the test scalars and the hyperparameter row; returns the metrics. On 8-bit images the test -ELBO is also
         given in bits per dimension (``test_bpd``)."""
+        tags, notes = run_labels(cfg)
         if tr.data.values == "8bit" and "elbo" in test:
             test = {**test, "bpd": bits_per_dim(-test["elbo"], tr.data.shape)}
         metrics = {
@@ -96,16 +111,19 @@ class Reporter:
             "amp_skipped_steps": tr.amp_skipped_steps,
             "num_params": n_params, "device": str(device),
             "precision": str(cfg.device.precision), "processes": world,
+            "tags": tags, "notes": notes,
+            "stopped_early": tr.stopped_early,
             "history": tr.history,
         }
         if self.rank != 0:
             return metrics
         write_json(run_dir / "metrics.json", metrics)
-        figs = self.figures(model)
-        save_figures(figs, run_dir)
-        self.tb.images({f"best_{k}": v for k, v in figs.items()}, tr.step)
+        if self.t.get("pictures", True):
+            figs = self.figures(model)
+            save_figures(figs, run_dir)
+            self.tb.images({f"best_{k}": v for k, v in figs.items()}, tr.step)
         self.tb.scalars("test", test, tr.step)
-        # The HPARAMS table's metric columns: the test terms and the best validation loss
+        # The hyperparameter table's metric columns: the test terms and the best validation loss
         # (TensorBoard shows the first five by name: best_val_loss, test_elbo, test_kl, ...).
         self.tb.hparams(hparams_of(cfg), {k: v for k, v in metrics.items()
                                           if k.startswith("test_") or k == "best_val_loss"},
@@ -132,29 +150,3 @@ class Reporter:
             write_json(run_dir / "metrics.json", record)
         except UserError:
             pass
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """The run's chosen options for TensorBoard's HPARAMS tab: group choices, the usual
-    knobs, and every key overridden on the command line."""
-    out: dict = {}
-    try:
-        hc = HydraConfig.get()
-        out.update({g: c for g, c in hc.runtime.choices.items()
-                    if not g.startswith("hydra") and g not in SWEEP_GROUPS and isinstance(c, str)})
-        keys = [override_key(o) for o in hc.overrides.task]
-    except ValueError:
-        keys = []
-    keys = ["model.latent_dim", "loss.beta", "optimizer.lr", "trainer.batch_size",
-            "trainer.epochs", "seed", "dataset.binarize", "device.precision", *keys]
-    for key in keys:
-        if key in ("resume", "dataset.root") or key in out:
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
-        if key == "device.precision":  # 32 and bf16 in one column: keep one type
-            value = str(value)
-        if isinstance(value, (bool, int, float, str)):
-            out[key] = value
-        elif value is not None:
-            out[key] = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
-    return out

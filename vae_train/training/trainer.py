@@ -26,7 +26,7 @@ from vae_train.callbacks import build_callbacks, hooks
 from vae_train.checks import BOOLEAN, integer, number, one_of, optional
 from vae_train.data import DataModule, Split
 from vae_train.errors import NonFiniteError, UserError, first_line
-from vae_train.logging import TBLogger
+from vae_train.logging import Loggers, TBLogger
 from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
 from vae_train.training.forward import training_forward
@@ -54,7 +54,7 @@ TRAINER_CHECKS = {
 class Trainer:
     def __init__(self, cfg, model: torch.nn.Module, objective: torch.nn.Module, data: DataModule,
                  device: torch.device, amp_dtype: torch.dtype | None, run_dir: Path,
-                 tb: TBLogger):
+                 tb: Loggers | TBLogger):
         self.cfg, self.t = cfg, cfg.trainer
         self.model, self.objective, self.data = model, objective, data
         self.device, self.amp_dtype = device, amp_dtype
@@ -240,6 +240,7 @@ class Trainer:
             hook(self, self.history[-1])
         if self.stopped_early:
             self.history[-1]["stopped_early"] = self.stopped_early["reason"]
+        self.report.epoch_record(self.history[-1], self.step)   # the loggers' row (csv)
         if self.before_first_save is not None:
             self.before_first_save, first_save = None, self.before_first_save
             first_save()
