@@ -39,3 +39,10 @@ def test_the_users_config_folder_is_made_absolute_and_quoted(tmp_path, monkeypat
     (out,) = absolute_searchpath(["hydra.searchpath=[file://conf]"])
     assert out == f"hydra.searchpath=['file://{odd}/conf']"
     assert absolute_searchpath(["k=1"]) == ["k=1"]
+
+
+def test_null_for_a_list_group_means_none():
+    from vae_train.argv import null_groups
+
+    assert null_groups(["logger=null", "callbacks=None", "model=vae", "dataset.root=null"]) == \
+        ["logger=[]", "callbacks=[]", "model=vae", "dataset.root=null"]

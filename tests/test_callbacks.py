@@ -440,6 +440,8 @@ def test_cli_callbacks_together_then_evaluate_a_top_checkpoint(tmp_path, call):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epoch"] == 3
     assert metrics["history"][-1]["stopped_early"].startswith("val_loss did not improve")
+    assert metrics["stopped_early"]["epoch"] == 3
+    assert metrics["stopped_early"]["callback"] == "early_stopping"
     files = _top_files(run)
     assert files == _expected(metrics["history"], 2)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -455,3 +457,4 @@ def test_cli_callbacks_together_then_evaluate_a_top_checkpoint(tmp_path, call):
     proc = run_cli([f"resume={run}"], tmp_path)
     assert "nothing more to train" in proc.stderr + proc.stdout
     assert json.loads((run / "metrics.json").read_text())["epoch"] == 3
+    assert (run / "eval.json").is_file()   # nothing trained: the evaluation still holds
