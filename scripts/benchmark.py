@@ -52,6 +52,14 @@ Python function of the step (gumbel_vae's temperature) recompiles every step unt
 limit, then runs eager: ``bare_compiled_graphs`` in the JSON counts the graphs. Conv models
 use channels-last where vae-train does (``device.channels_last``; auto: on CUDA).
 
+**Repetitions.** Every row runs ``--reps`` times (default 3), interleaved: in each repetition
+the classic example, then each family's bare loop and vae-train run (bare first in even
+repetitions, vae-train first in odd ones, the families' order reversed every other
+repetition). A ratio (vae-train / bare, x classic) is taken within one repetition, so that both
+sides share the same minute of a shared machine, and reported as the median over the
+repetitions with its range (min..max); img/s columns are medians. One pass on this machine
+gave the MLP VAE 0.68 of its bare loop and the next 0.92: a single ratio is one noisy sample.
+
 The first epoch of each stage includes warm-up (and compilation): with two or more epochs the
 later ones are averaged. ``s/epoch`` is the training time of a full 54,000-image epoch at the
 vae-train rate. Results print as a table and are written as JSON (device, threads, torch,
@@ -64,7 +72,7 @@ load average was above the number of cores.
 per core, the decode cache's first and second start, and the memory-mapped path against the
 in-memory path for the conv VAE (``scripts/benchmark_data.py``, whose options follow it).
 
-Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3]
+Usage:  python scripts/benchmark.py [--models vae conv_vae ...] [--epochs 3] [--reps 3]
             [--device cpu|cuda|auto] [--precision 32 bf16 16] [--compile] [--train-size N]
             [--threads N] [--no-classic] [--no-cli] [--peak-size N] [--data-root DIR]
             [--dataset NAME] [--override KEY=VALUE ...] [--out outputs/benchmark.json]
@@ -82,6 +90,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -448,14 +457,11 @@ def peaks(device: torch.device, precisions: list[str], n: int | None = None) -> 
 
 
 # -- one family -----------------------------------------------------------------------------
-def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device: torch.device,
-                 env: dict, log=print) -> list[dict]:
-    from vae_train.device import PRECISIONS
-
-    rows = []
-    base = {"model": model, "precision": precision, "compile": bool(args.compile),
-            "compile_cli": bool(args.compile)}
-    errors = {}
+def plan_family(model: str, precision: str, args, root: Path, device: torch.device) -> dict:
+    """What one family's rows run: its composed config, stages, FLOPs and the vae-train
+    command line; the repetitions' results are added by :func:`run_family_rep`."""
+    plan = {"model": model, "precision": precision, "errors": {}, "bare_runs": [],
+            "vt_runs": []}
     # The FLOPs of a step at the config's defaults, which also give the stages: every later
     # stage then runs --epochs epochs, and the FLOPs choose the training images on a CPU.
     extra = list(args.override)
@@ -469,56 +475,134 @@ def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device
                    in lengths else s.epochs, s.phases) for i, s in enumerate(stages)]
     except Exception as e:  # noqa: BLE001
         stages, flops = None, {}
-        errors["flops"] = f"{type(e).__name__}: {e}"
+        plan["errors"]["flops"] = f"{type(e).__name__}: {e}"
     size = args.train_size if args.train_size is not None else (
         default_train_size(flops, device) if args.dataset == "fashion_mnist" else None)
-    base["dataset_train_size"] = size
     ov = overrides(model, root, args.epochs, args.device, precision, size, extra, args.dataset)
-    video = args.dataset == "fashion_mnist" and is_video_family(model, extra)
-    cfg = compose(ov)
     cli = list(ov)
     if args.compile:
         cli.append("device.compile=true")
-    bare = vt = None
-    try:
-        log(f"[{model} {precision}] bare loop ...")
-        bare = run_bare(cfg, args.epochs, device, PRECISIONS[precision], args.compile)
-    except Exception as e:  # noqa: BLE001 - one family's failure must not lose the others
-        errors["bare"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if not args.no_cli:
+    plan.update(stages=stages or [("train", args.epochs, ("main",))], flops=flops, size=size,
+                cfg=compose(ov), cli=cli,
+                video=args.dataset == "fashion_mnist" and is_video_family(model, extra))
+    return plan
+
+
+def run_family_rep(plan: dict, args, tmp: Path, device: torch.device, env: dict, rep: int,
+                   log=print) -> None:
+    """One repetition of a family's rows: the bare loop and vae-train (in this order in even
+    repetitions, the other way round in odd ones); a row that fails records why and is not
+    run again."""
+    from vae_train.device import PRECISIONS
+
+    model, precision, errors = plan["model"], plan["precision"], plan["errors"]
+    tag = f" (repetition {rep + 1})" if args.reps > 1 else ""
+
+    def bare():
+        if "bare" in errors:
+            return
         try:
-            log(f"[{model} {precision}] vae-train ...")
-            vt = run_vae_train(cli, tmp, f"{model}-{precision}", env)
+            log(f"[{model} {precision}] bare loop{tag} ...")
+            plan["bare_runs"].append(run_bare(plan["cfg"], args.epochs, device,
+                                              PRECISIONS[precision], args.compile))
+        except Exception as e:  # noqa: BLE001 - one family's failure must not lose the others
+            errors["bare"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+    def cli():
+        if args.no_cli or "vae_train" in errors:
+            return
+        try:
+            log(f"[{model} {precision}] vae-train{tag} ...")
+            plan["vt_runs"].append(run_vae_train(plan["cli"], tmp, f"{model}-{precision}-{rep}",
+                                                 env))
         except Exception as e:  # noqa: BLE001
             errors["vae_train"] = str(e)
-    if stages is None:
-        stages = [("train", args.epochs, ("main",))]
-    vt_stages = split_stages(vt["epochs"], stages) if vt else {}
+
+    for run in ((bare, cli) if rep % 2 == 0 else (cli, bare)):
+        run()
+
+
+def spread(values: list[float]) -> dict:
+    """Median and range of per-repetition values."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": list(values)}
+
+
+def combine(summaries: list[dict]) -> dict:
+    """Per-repetition summaries (:func:`summarise`) as one: the median of each number, the
+    range of the images per second and each repetition's."""
+    out = {k: statistics.median(s[k] for s in summaries) for k in summaries[0]
+           if all(isinstance(s.get(k), (int, float)) for s in summaries)}
+    ips = [s["images_per_sec"] for s in summaries]
+    out.update(reps=len(summaries), images_per_sec_range=[min(ips), max(ips)],
+               images_per_sec_reps=ips)
+    if "train_images" in out:
+        out["train_images"] = round(out["train_images"])
+    return out
+
+
+def family_rows(plan: dict, args) -> list[dict]:
+    """The rows of a family (one per stage) from its repetitions: the median of each side,
+    and the ratio vae-train / bare taken within each repetition, as median and range."""
+    rows = []
+    stages, flops, errors = plan["stages"], plan["flops"], plan["errors"]
+    base = {"model": plan["model"], "precision": plan["precision"],
+            "compile": bool(args.compile), "compile_cli": bool(args.compile),
+            "dataset_train_size": plan["size"]}
+    bares, vts = plan["bare_runs"], plan["vt_runs"]
+    vt_stages = [split_stages(v["epochs"], stages) for v in vts]
     for stage, _, phases in stages:
         row = {**base, "stage": stage if len(stages) > 1 else None, "phases": list(phases)}
-        if bare and bare["stages"].get(stage):
-            row["bare"] = summarise(bare["stages"][stage])
-        if vt and vt_stages.get(stage):
-            row["vae_train"] = summarise(vt_stages[stage])
-        if bare:
-            row["channels_last"] = bare["channels_last"]
-        if bare and "compiled_graphs" in bare:
-            row["bare_compiled_graphs"] = bare["compiled_graphs"]
+        bare_s = [summarise(b["stages"][stage]) for b in bares if b["stages"].get(stage)]
+        vt_s = [summarise(v[stage]) for v in vt_stages if v.get(stage)]
+        if bare_s:
+            row["bare"] = combine(bare_s)
+        if vt_s:
+            row["vae_train"] = combine(vt_s)
+        if bares:
+            row["channels_last"] = bares[-1]["channels_last"]
+        if bares and "compiled_graphs" in bares[-1]:
+            row["bare_compiled_graphs"] = bares[-1]["compiled_graphs"]
         if stage == stages[-1][0]:
-            if vt:
-                row["vae_train_test_loss"] = vt["test_loss"]
-            if bare:
-                row["bare_test_loss"] = bare["test_loss"]
-        if "bare" in row and "vae_train" in row:
-            row["ratio"] = row["vae_train"]["images_per_sec"] / row["bare"]["images_per_sec"]
-        if "vae_train" in row and args.dataset == "fashion_mnist" and not video:
+            if vts:
+                row["vae_train_test_loss"] = statistics.median(v["test_loss"] for v in vts)
+            if bares:
+                row["bare_test_loss"] = statistics.median(b["test_loss"] for b in bares)
+        if bare_s and vt_s:
+            r = spread([v["images_per_sec"] / b["images_per_sec"]
+                        for v, b in zip(vt_s, bare_s)])
+            row.update(ratio=r["median"], ratio_range=[r["min"], r["max"]],
+                       ratio_reps=r["values"])
+        if "vae_train" in row and args.dataset == "fashion_mnist" and not plan["video"]:
             row["seconds_per_full_epoch"] = FULL_EPOCH / row["vae_train"]["images_per_sec"]
         if stage in flops:
             row["train_flops_per_image"] = flops[stage]
         if errors:
-            row["errors"] = errors
+            row["errors"] = dict(errors)
         rows.append(row)
     return rows
+
+
+def bench_family(model: str, precision: str, args, root: Path, tmp: Path, device: torch.device,
+                 env: dict, log=print) -> list[dict]:
+    """A family's rows on their own: ``args.reps`` repetitions of (bare, vae-train)."""
+    plan = plan_family(model, precision, args, root, device)
+    for rep in range(args.reps):
+        run_family_rep(plan, args, tmp, device, env, rep, log)
+    return family_rows(plan, args)
+
+
+def add_classic_ratios(results: list[dict], classic_runs: list[dict]) -> None:
+    """vae-train's (and the bare loop's) img/s over the classic example's, taken within each
+    repetition, for the rows of the MLP VAE: median and range."""
+    ips = [c["images_per_sec"] for c in classic_runs]
+    for r in results:
+        if r["model"] != "vae":
+            continue
+        for key, name in (("vae_train", "vs_classic"), ("bare", "bare_vs_classic")):
+            if key in r:
+                s = spread([v / c for v, c in zip(r[key]["images_per_sec_reps"], ips)])
+                r[name], r[f"{name}_range"] = s["median"], [s["min"], s["max"]]
 
 
 def add_fractions(rows: list[dict], peak: dict) -> None:
@@ -559,15 +643,22 @@ def fmt(v, spec: str, width: int) -> str:
         else f"{'-':>{width}}"
 
 
+def fmt_range(r, width: int) -> str:
+    """A [min, max] range as ``min..max`` (``-`` when there is none)."""
+    if not r or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
+        return f"{'-':>{width}}"
+    return f"{f'{r[0]:.2f}..{r[1]:.2f}':>{width}}"
+
+
 def table(report: dict) -> str:
     head = (f"{'model':18} {'prec':>4} {'vae-train':>10} {'bare':>9} {'ratio':>6} "
-            f"{'x classic':>9} {'s/epoch':>8} {'test loss':>10} {'MFLOP/img':>9} "
-            f"{'%peak':>6}")
+            f"{'(range)':>11} {'x classic':>9} {'(range)':>11} {'s/epoch':>8} "
+            f"{'test loss':>10} {'MFLOP/img':>9} {'%peak':>6}")
     lines = [head, "-" * len(head)]
     c = report.get("classic")
     if c:
         lines.append(f"{'vae (classic)':18} {'32':>4} {fmt(c['images_per_sec'], '.0f', 10)} "
-                     f"{'':9} {'':6} {fmt(1.0, '.2f', 9)} "
+                     f"{'':9} {'':6} {'':11} {fmt(1.0, '.2f', 9)} {'':11} "
                      f"{fmt(FULL_EPOCH / c['images_per_sec'], '.2f', 8)} "
                      f"{fmt(c.get('test_loss'), '.2f', 10)}")
     for r in report["results"]:
@@ -579,7 +670,9 @@ def table(report: dict) -> str:
         lines.append(
             f"{name:18} {r['precision']:>4} {fmt(vt.get('images_per_sec'), '.0f', 10)} "
             f"{fmt(bare.get('images_per_sec'), '.0f', 9)} {fmt(r.get('ratio'), '.2f', 6)} "
-            f"{fmt(r.get('vs_classic'), '.2f', 9)} {fmt(r.get('seconds_per_full_epoch'), '.2f', 8)} "
+            f"{fmt_range(r.get('ratio_range'), 11)} {fmt(r.get('vs_classic'), '.2f', 9)} "
+            f"{fmt_range(r.get('vs_classic_range'), 11)} "
+            f"{fmt(r.get('seconds_per_full_epoch'), '.2f', 8)} "
             f"{fmt(loss, '.2f', 10)} {fmt(flops / 1e6 if flops else None, '.2f', 9)} "
             f"{fmt(frac * 100 if frac is not None else None, '.1f', 6)}"
             + ("  (" + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in r["errors"].items())
@@ -593,6 +686,9 @@ def parse_args(argv=None):
                     help="model options (default: every one in configs/model/); a model of "
                          "your own by its config name, with --override hydra.searchpath=...")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per stage (default 3)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repetitions of every row, interleaved (default 3; each ratio is "
+                         "taken within a repetition and reported as median and range)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--precision", nargs="+", default=None, choices=list(PEAK_DTYPE),
                     help="device.precision values (default: 32, and bf16 too for model vae)")
@@ -618,8 +714,8 @@ def parse_args(argv=None):
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
     args = ap.parse_args(argv)
-    if args.epochs < 1:
-        ap.error("--epochs must be at least 1")
+    if args.epochs < 1 or args.reps < 1:
+        ap.error("--epochs and --reps must be at least 1")
     args.models = args.models or families()
     return args
 
@@ -656,7 +752,7 @@ def main(argv=None) -> dict:
               "overrides": list(args.override), "dataset": args.dataset,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "epochs": args.epochs, "compile": bool(args.compile),
+              "epochs": args.epochs, "reps": args.reps, "compile": bool(args.compile),
               "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
               "load_average_start": load_average(), "results": []}
     log("matmul peak ...")
@@ -664,18 +760,28 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = torchvision_root(raw, tmp / "tv") if fashion else None
-        if "vae" in args.models and fashion and not args.no_classic:
-            log("[vae classic] torchvision + ToTensor + DataLoader ...")
-            c = run_classic(root, args.epochs, device)
-            report["classic"] = {**summarise(c["stages"]["train"]), "test_loss": c["test_loss"]}
-        for model, precision in jobs:
-            report["results"] += bench_family(model, precision, args, root, tmp, device, env, log)
+        classic = "vae" in args.models and fashion and not args.no_classic
+        plans = [plan_family(m, p, args, root, device) for m, p in jobs]
+        classic_runs = []
+        # A B C ... A B C ...: every row once per repetition (the families' order reversed
+        # every other repetition), so that a slow minute of the machine is shared
+        for rep in range(args.reps):
+            if classic:
+                log(f"[vae classic] torchvision + ToTensor + DataLoader (repetition {rep + 1})"
+                    " ...")
+                c = run_classic(root, args.epochs, device)
+                classic_runs.append({**summarise(c["stages"]["train"]),
+                                     "test_loss": c["test_loss"]})
+            for plan in (plans if rep % 2 == 0 else plans[::-1]):
+                run_family_rep(plan, args, tmp, device, env, rep, log)
+        for plan in plans:
+            report["results"] += family_rows(plan, args)
     add_fractions(report["results"], peak)
-    if "classic" in report:
-        for r in report["results"]:
-            for key, name in (("vae_train", "vs_classic"), ("bare", "bare_vs_classic")):
-                if r["model"] == "vae" and key in r:
-                    r[name] = r[key]["images_per_sec"] / report["classic"]["images_per_sec"]
+    if classic_runs:
+        report["classic"] = {**combine([{k: v for k, v in c.items() if k != "test_loss"}
+                                        for c in classic_runs]),
+                             "test_loss": statistics.median(c["test_loss"] for c in classic_runs)}
+        add_classic_ratios(report["results"], classic_runs)
     report["wall_seconds"] = time.time() - started
     report["load_average_end"] = load_average()
     print(f"\n{args.dataset}, batch 128, {args.epochs} epoch(s) per stage, {device} "
@@ -688,6 +794,8 @@ def main(argv=None) -> dict:
     print("matmul peak: " + ", ".join(f"{p} {v['peak'] / 1e9:.0f} GFLOP/s"
                                       for p, v in peak.items()))
     print(table(report))
+    print(f"medians of {args.reps} interleaved repetition(s); (range): min..max of the "
+          "ratio over the repetitions, each taken within one repetition")
     print("img/s: training images per second (later epochs); ratio: vae-train / bare; "
           "s/epoch: 54,000 images at the vae-train rate; %peak: vae-train img/s x FLOPs/img "
           "/ matmul peak at the row's precision")

@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 
 def test_bare_rows_json_and_table(bench, tiny, tmp_path, capsys):
     out = tmp_path / "b.json"
-    report = bench.main(["--models", "vae", "vqvae", "aae", "--no-cli", "--epochs", "1",
+    report = bench.main(["--models", "vae", "vqvae", "aae", "--no-cli", "--epochs", "1", "--reps", "1",
                          "--train-size", "256", "--peak-size", "128", "--threads", "1",
                          "--data-root", str(tiny), "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -91,7 +91,7 @@ def test_cli_rows_arguments_and_ratio(bench, tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "run_vae_train", fake_cli)
     args = bench.parse_args(["--models", "vqvae", "--epochs", "2", "--train-size", "256",
-                             "--compile", "--data-root", str(tiny)])
+                             "--compile", "--reps", "1", "--data-root", str(tiny)])
     args.compile = False   # the flag's argument list is checked below; no compiling here
     rows = bench.bench_family("vqvae", "32", args, tiny, tmp_path, bench.resolve("cpu"), {},
                               log=lambda m: None)
@@ -182,3 +182,71 @@ def test_the_cpu_subset_of_a_costly_family_is_an_integer_option(bench):
     assert isinstance(size, int) and size % 1000 == 0 and 1000 <= size < bench.FULL_EPOCH
     assert bench.default_train_size({"train": 1e6}, cpu) is None       # a full epoch fits
     assert bench.default_train_size({"train": 4.8e8}, torch.device("cuda")) is None
+
+
+def test_rows_are_interleaved_and_ratios_are_taken_within_a_repetition(bench, tiny, tmp_path,
+                                                                       monkeypatch, capsys):
+    """--reps 3: classic, bare, vae-train in every repetition (bare and vae-train swapped in
+    odd ones); each ratio is the median of the per-repetition ratios, with their range."""
+    calls = []
+    bare_ips, vt_ips, classic_ips = iter([100, 200, 400]), iter([90, 100, 400]), \
+        iter([50, 100, 100])
+
+    def epochs(n):
+        return [{"train_seconds": 1.0, "epoch_seconds": 1.5, "train_images": n}]
+
+    def fake_bare(cfg, n_epochs, device, amp_dtype, compile_=False):
+        calls.append("bare")
+        return {"stages": {"train": epochs(next(bare_ips))}, "test_loss": 2.0,
+                "channels_last": False}
+
+    def fake_cli(args_, tmp, name, env):
+        calls.append("vae-train")
+        return {"epochs": epochs(next(vt_ips)), "test_loss": 3.0}
+
+    def fake_classic(root, n_epochs, device):
+        calls.append("classic")
+        return {"stages": {"train": epochs(next(classic_ips))}, "test_loss": 4.0}
+
+    monkeypatch.setattr(bench, "run_bare", fake_bare)
+    monkeypatch.setattr(bench, "run_vae_train", fake_cli)
+    monkeypatch.setattr(bench, "run_classic", fake_classic)
+    out = tmp_path / "b.json"
+    report = bench.main(["--models", "vae", "--precision", "32", "--reps", "3", "--epochs", "1",
+                         "--train-size", "256", "--peak-size", "64", "--threads", "1",
+                         "--data-root", str(tiny), "--out", str(out)])
+    assert calls == ["classic", "bare", "vae-train", "classic", "vae-train", "bare",
+                     "classic", "bare", "vae-train"]
+    (row,) = report["results"]
+    assert row["ratio_reps"] == pytest.approx([0.9, 0.5, 1.0])
+    assert row["ratio"] == pytest.approx(0.9) and row["ratio_range"] == pytest.approx([0.5, 1.0])
+    assert row["vae_train"]["images_per_sec"] == 100 and row["bare"]["images_per_sec"] == 200
+    assert row["vae_train"]["images_per_sec_range"] == [90, 400]
+    assert row["vs_classic"] == pytest.approx(1.8)                      # 90/50, 100/100, 400/100
+    assert row["vs_classic_range"] == pytest.approx([1.0, 4.0])
+    assert row["bare_vs_classic"] == pytest.approx(2.0)                 # 2, 2, 4
+    assert report["classic"]["images_per_sec"] == 100 and report["classic"]["reps"] == 3
+    assert json.loads(out.read_text())["reps"] == 3
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("vae ") and "classic" not in x)
+    assert "0.90" in line.split() and "0.50..1.00" in line.split() and "1.00..4.00" in line.split()
+    assert "medians of 3 interleaved repetition(s)" in text
+
+
+def test_a_failing_row_is_not_run_again(bench, tiny, tmp_path, monkeypatch):
+    """A row that fails in one repetition records why and is skipped in the later ones; the
+    other row still gives its median."""
+    calls = []
+
+    def broken_cli(args_, tmp, name, env):
+        calls.append(name)
+        raise RuntimeError("vae-train exited with 2")
+
+    monkeypatch.setattr(bench, "run_vae_train", broken_cli)
+    args = bench.parse_args(["--models", "vae", "--epochs", "1", "--train-size", "256",
+                             "--reps", "2", "--data-root", str(tiny)])
+    (row,) = bench.bench_family("vae", "32", args, tiny, tmp_path, bench.resolve("cpu"), {},
+                                log=lambda m: None)
+    assert calls == ["vae-32-0"]
+    assert row["errors"] == {"vae_train": "vae-train exited with 2"}
+    assert row["bare"]["reps"] == 2 and "ratio" not in row

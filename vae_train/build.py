@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vae_train import distributed
+from vae_train import distributed, patches
 from vae_train import memory as memory_mod
 from vae_train.data import DataModule, DataSet, ImageData
 from vae_train.checks import locate
@@ -50,6 +50,7 @@ def build(cfg: DictConfig, device: torch.device, memory: str = "train"):
     allocated, its memory is estimated (:mod:`vae_train.memory`): ``memory="train"`` counts a
     training step (weights, gradients, optimizer state, one batch's activations),
     ``"weights"`` the weights alone (evaluate, sample); what cannot fit is refused."""
+    patches.lazy_dynamo()             # torch._dynamo: imported by torch.compile alone
     dataset = instantiate_node(cfg.dataset, "dataset", DataSet)
     with distributed.rank0_first():   # several processes: one downloads/renders, then the rest
         data = dataset.load()

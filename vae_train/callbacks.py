@@ -369,6 +369,7 @@ class TopK(Checked, Callback):
         self.kept: list[dict] = []     # {"epoch", "value", "file"}, best first
         self.pending: tuple[dict | None, list[dict]] = (None, [])   # (new entry, dropped)
         self.loaded = False
+        self.saved_monitor = None   # (monitor, mode) a resumed state was counted for
 
     def state_dict(self) -> dict:
         return {"monitor": self.monitor, "mode": self.mode,
@@ -405,7 +406,7 @@ class TopK(Checked, Callback):
         if not self.loaded and trainer.epoch > 0:   # top_k added on resume: adopt the folder
             self.kept = self._adopt(on_disk, history, trainer.epoch)
         # settings changed on resume: the kept epochs rescored from the history
-        if self.loaded and getattr(self, "saved_monitor", None) != (self.monitor, self.mode):
+        if self.loaded and self.saved_monitor != (self.monitor, self.mode):
             self.kept = [{**e, "value": float(history[e["epoch"]][self.monitor])}
                          for e in self.kept if e["epoch"] in history
                          and self.monitor in history[e["epoch"]]]

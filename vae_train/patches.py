@@ -6,6 +6,11 @@ works as the library does).
   the ranks of one torchrun job would name different run directories (hydra-core 1.x).
 * :func:`mend_optuna_sweeper` - hydra-optuna-sweeper 1.3.x with Optuna 2.x aborts the whole
   search when one trial returns NaN (Hydra issue #2237, fixed upstream after 1.3.0).
+* :func:`lazy_dynamo` - PyTorch imports ``torch._dynamo`` (the compiler's front end, about as
+  long to import as torch itself) the first time an optimizer is built or stepped, or an op
+  runs on meta tensors, only to mark those functions "not to be compiled": with
+  ``torch.compile`` never called there is nothing to mark. Until something imports it
+  (``device.compile=true``), those functions run as they are; after that, as PyTorch has them.
 * :func:`fast_linears` - on a CPU in float32, ``nn.Linear`` through oneDNN's matmul with a
   pre-packed weight (PyTorch's private ``torch.ops.mkldnn`` linear ops), for ``evaluate``'s
   importance sampling: about 2x on AMD processors, where MKL's sgemm runs its AVX2 kernels.
@@ -17,6 +22,8 @@ import contextlib
 import datetime as _dt
 import functools
 import logging
+import sys
+import types
 from importlib import metadata
 
 import torch
@@ -32,6 +39,106 @@ def _version(dist: str) -> tuple[int, ...]:
         return tuple(int(p) for p in metadata.version(dist).split(".")[:2] if p.isdigit())
     except (metadata.PackageNotFoundError, ValueError):
         return ()
+
+
+# -- torch._dynamo, imported only by what compiles ---------------------------------------------
+class _DisableWhenLoaded:
+    """What a ``torch._disable_dynamo`` function calls in place of ``torch._dynamo.disable(fn)``:
+    ``fn`` itself while ``torch._dynamo`` is not imported (then no frame is being compiled, and
+    there is nothing to disable), PyTorch's own disabled function from the first call after it
+    is (which then replaces this object)."""
+
+    __slots__ = ("fn", "recursive")
+
+    def __init__(self, fn, recursive: bool):
+        self.fn, self.recursive = fn, recursive
+
+    def __call__(self, *args, **kwargs):
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is None:
+            return self.fn(*args, **kwargs)
+        real = dynamo.disable(self.fn, self.recursive, wrapping=False)
+        setattr(self.fn, "__dynamo_disable", real)   # (a literal name: no class-private mangling)
+        return real(*args, **kwargs)
+
+
+def _use_grad_when_loaded(step):
+    """An optimizer's ``step`` as ``torch.optim.optimizer._use_grad_for_differentiable`` makes
+    it (gradients on only for a differentiable optimizer), with its two
+    ``torch._dynamo.graph_break()`` calls made only when ``torch._dynamo`` is imported (outside
+    a compiled frame they do nothing)."""
+
+    def _use_grad(*args, **kwargs):
+        self, dynamo = args[0], sys.modules.get("torch._dynamo")
+        prev_grad = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            if dynamo is not None:
+                dynamo.graph_break()
+            ret = step(*args, **kwargs)
+        finally:
+            dynamo = sys.modules.get("torch._dynamo")
+            if dynamo is not None:
+                dynamo.graph_break()
+            torch.set_grad_enabled(prev_grad)
+        return ret
+
+    functools.update_wrapper(_use_grad, step)
+    _use_grad.lazy_dynamo = True
+    return _use_grad
+
+
+@functools.cache
+def lazy_dynamo() -> int:
+    """Let ``torch._dynamo`` be imported only by what compiles (``torch.compile``): the
+    functions PyTorch wraps with ``torch._disable_dynamo`` (optimizers' ``zero_grad``,
+    ``add_param_group``, ``state_dict``; the Python meta kernels the memory estimate runs) and
+    every ``torch.optim`` optimizer's ``step`` stop importing it just to mark themselves. Saves
+    about 1.5-2 s of every training run's start on a CPU; nothing computed changes. Applied
+    once per process (a scan of the objects in memory, about 0.05 s); returns how many
+    functions it changed (0 where PyTorch's internals are not as expected: nothing is
+    changed then)."""
+    if "torch._dynamo" in sys.modules:       # already paid for
+        return 0
+    import gc
+
+    import torch._compile
+    import torch.optim.optimizer as optimizer
+
+    try:
+        inner = torch._compile._disable_dynamo(lambda: None).__code__
+        use_grad = optimizer._use_grad_for_differentiable(lambda self: None).__code__
+    except Exception:  # noqa: BLE001 - another PyTorch: leave it as it is
+        return 0
+    if not {"fn", "recursive"} <= set(inner.co_freevars):
+        return 0
+    changed = 0
+    for obj in gc.get_objects():
+        if type(obj) is not types.FunctionType or obj.__code__ is not inner:
+            continue
+        cells = dict(zip(obj.__code__.co_freevars, obj.__closure__ or ()))
+        fn = cells["fn"].cell_contents
+        if getattr(fn, "__dynamo_disable", None) is None:
+            setattr(fn, "__dynamo_disable",
+                    _DisableWhenLoaded(fn, cells["recursive"].cell_contents))
+            changed += 1
+    todo = [torch.optim.Optimizer]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        step = cls.__dict__.get("step")
+        hooked = bool(getattr(step, "hooked", False))   # wrapped by an instance's __init__
+        wrapped = getattr(step, "__wrapped__", None) if hooked else step
+        if getattr(wrapped, "__code__", None) is not use_grad or \
+                not hasattr(wrapped, "__wrapped__"):
+            continue
+        new = _use_grad_when_loaded(wrapped.__wrapped__)
+        if hooked:
+            new = optimizer.Optimizer.profile_hook_step(new)
+            new.hooked = True
+        cls.step = new
+        changed += 1
+    return changed
 
 
 # -- Hydra's clock ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from vae_train.checks import BOOLEAN, one_of
+from vae_train.checks import BOOLEAN, Rule, one_of
+from vae_train.data.array_cache import cached_arrays
 from vae_train.data.base import DataSet, ImageData
 from vae_train.data.cifar import (CIFAR100_FILES, CIFAR100_LABELS, TEST_BATCHES, TRAIN_BATCHES,
                                   read_cifar10, read_cifar100, read_cifar100_names)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_VERSION = 1     # of the cached parse of the four files (vae_train.data.array_cache)
 
 
 class TorchvisionSet(DataSet):
@@ -77,12 +79,31 @@ class TorchvisionSet(DataSet):
 
 
 class MnistLike(TorchvisionSet):
-    """28x28 grey images in four IDX files (plain or .gz), ten classes."""
+    """28x28 grey images in four IDX files (plain or .gz), ten classes. The parsed arrays are
+    cached (``cache``, in ``cache_dir``; :mod:`vae_train.data.array_cache`): a later run reads
+    them back instead of inflating and parsing the files, until a file changes."""
 
     folder: str = ""                   # torchvision's folder name under the root
     classes: tuple = ()
     extra_dirs: tuple = ()             # other places the four files may be
     hint: str = ""                     # how to get them, for the message when they are not found
+    checks = {"cache": BOOLEAN,
+              "cache_dir": Rule(lambda v: v is None or (isinstance(v, str) and v != ""),
+                                "null (the default cache folder) or a folder path")}
+
+    def __init__(self, root: str, download: bool = True, cache: bool = True,
+                 cache_dir: str | None = None, **common):
+        super().__init__(root, download, **common)
+        self.cache, self.cache_dir = bool(cache), cache_dir
+
+    def _parse(self, found: Path) -> dict:
+        """The four IDX files of ``found`` as uint8 arrays: ``{split}_x`` (N, H, W) and
+        ``{split}_y`` (N,), for the splits train and test."""
+        out = {}
+        for split, (img_name, lab_name) in IDX_FILES.items():
+            out[f"{split}_x"] = read_idx(_idx_file(found, img_name), expect_dims=3).numpy()
+            out[f"{split}_y"] = read_idx(_idx_file(found, lab_name), expect_dims=1).numpy()
+        return out
 
     def _find(self, dirs: list[Path]) -> Path | None:
         """The first directory holding all four IDX files (plain or .gz)."""
@@ -108,17 +129,23 @@ class MnistLike(TorchvisionSet):
                 f"or set dataset.root=PATH (or $VAE_DATA_DIR) to a folder holding "
                 f"{self.folder}/raw/")
         log.info("reading %s from %s", self.title, found)
+        sources = [_idx_file(found, n) for pair in IDX_FILES.values() for n in pair]
+        arrays = cached_arrays(self.title, sources, lambda: self._parse(found),
+                               names=tuple(f"{s}_{v}" for s in IDX_FILES for v in "xy"),
+                               cache=self.cache, cache_dir=self.cache_dir, version=IDX_VERSION)
         parts, files = {}, {}
         k = len(self.classes)
         for split, (img_name, lab_name) in IDX_FILES.items():
             img_path, lab_path = _idx_file(found, img_name), _idx_file(found, lab_name)
-            x = read_idx(img_path, expect_dims=3)
+            x = torch.from_numpy(arrays[f"{split}_x"])
+            if x.dim() != 3:
+                raise UserError(f"IDX file {img_path} has {x.dim()} dimensions, expected 3")
             n, h, w = x.shape
             if n == 0 or h == 0 or w == 0:
                 raise UserError(f"IDX file {img_path} holds {n} images of {h}x{w} pixels; a "
                                 f"{split} split needs at least one image of at least 1x1: "
                                 f"the file is damaged, get {self.title} again")
-            y = read_idx(lab_path, expect_dims=1).long()
+            y = torch.from_numpy(arrays[f"{split}_y"]).long()
             if len(x) != len(y):
                 raise UserError(f"the {split} split of {self.title} has {len(x):,} images in "
                                 f"{img_path} but {len(y):,} labels in {lab_path}; one label per "

@@ -37,6 +37,7 @@ from vae_train.models.base import (CategoricalCode, Classifier, CodeGrid, HasCod
 from vae_train.pictures.grids import (categorical_traversals, class_grid, class_swap, code_map,
                                       interpolations, layer_variations, manifold,
                                       prior_samples, reconstruction_grid, traversals)
+from vae_train.pictures.image import save_image
 from vae_train.pictures.video import video_sample_figures, video_training_figures
 from vae_train.pictures.plots import (interpolation_plots, latent_scatter,
                                       reconstruction_plots, sample_plots, traversal_plots)
@@ -254,8 +255,6 @@ def sample_figures(model, x: torch.Tensor, y: torch.Tensor, opts: SampleOptions
 
 def save_figures(figs: dict, folder) -> list[Path]:
     """Each figure as ``<folder>/<name>.png``."""
-    from torchvision.utils import save_image
-
     paths = []
     for name, img in figs.items():
         path = Path(folder) / f"{name}.png"

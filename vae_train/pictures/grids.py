@@ -12,7 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
+
+from vae_train.pictures.image import make_grid
 
 
 def _rows(n: int) -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
+
+from vae_train.pictures.image import make_grid
 
 PAD = 0.5          # grey between frames and rows
 MIN_SIDE = 48      # frames smaller than this are drawn larger (nearest neighbour)

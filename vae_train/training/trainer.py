@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vae_train import distributed
 from vae_train.callbacks import build_callbacks, hooks
@@ -270,6 +269,8 @@ class Trainer:
             self.epoch_examples = int(own["examples"])
             for k, v in own["sums"].items():
                 sums[k] = v.to(self.device)
+        from tqdm.auto import tqdm   # (here: 50-60 ms off every command's start)
+
         stage = f" {self.stage}" if len(self.stages) > 1 else ""
         bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False, unit="batch",
                    desc=f"epoch {epoch}/{self.total_epochs}{stage}", dynamic_ncols=True,
