@@ -482,8 +482,10 @@ def plan_family(model: str, precision: str, args, root: Path, device: torch.devi
     cli = list(ov)
     if args.compile:
         cli.append("device.compile=true")
+    variants = {name: [*cli, *extra_] for name, extra_ in parse_variants(args.variant)}
     plan.update(stages=stages or [("train", args.epochs, ("main",))], flops=flops, size=size,
-                cfg=compose(ov), cli=cli,
+                cfg=compose(ov), cli=cli, variants=variants,
+                variant_runs={name: [] for name in variants},
                 video=args.dataset == "fashion_mnist" and is_video_family(model, extra))
     return plan
 
@@ -518,8 +520,34 @@ def run_family_rep(plan: dict, args, tmp: Path, device: torch.device, env: dict,
         except Exception as e:  # noqa: BLE001
             errors["vae_train"] = str(e)
 
-    for run in ((bare, cli) if rep % 2 == 0 else (cli, bare)):
+    def variant(name):
+        def run():
+            if args.no_cli or f"variant {name}" in errors:
+                return
+            try:
+                log(f"[{model} {precision}] vae-train {name}{tag} ...")
+                plan["variant_runs"][name].append(run_vae_train(
+                    plan["variants"][name], tmp, f"{model}-{precision}-{name}-{rep}", env))
+            except Exception as e:  # noqa: BLE001
+                errors[f"variant {name}"] = str(e)
+        return run
+
+    order = [bare, cli, *(variant(n) for n in plan.get("variants", {}))]
+    for run in (order if rep % 2 == 0 else order[::-1]):
         run()
+
+
+def parse_variants(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE...]`` -> (NAME, overrides): another vae-train row of each
+    family with these overrides on top, run in the same repetitions (e.g. the cost of the
+    non-finite check read back every step: ``every_step:trainer.nonfinite_check=every_step``)."""
+    out = []
+    for spec in specs or []:
+        name, sep, rest = spec.partition(":")
+        if not sep or not name or "=" not in rest:
+            raise SystemExit(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+        out.append((name, [o for o in rest.split(",") if o]))
+    return out
 
 
 def spread(values: list[float]) -> dict:
@@ -580,6 +608,26 @@ def family_rows(plan: dict, args) -> list[dict]:
         if errors:
             row["errors"] = dict(errors)
         rows.append(row)
+        for name, runs in plan.get("variant_runs", {}).items():
+            var_s = [summarise(v[stage]) for v in (split_stages(r["epochs"], stages)
+                                                    for r in runs) if v.get(stage)]
+            if not var_s:
+                continue
+            var = {**base, "model": f"{plan['model']} [{name}]", "variant": name,
+                   "variant_overrides": plan["variants"][name][len(plan["cli"]):],
+                   "stage": row["stage"], "phases": list(phases), "vae_train": combine(var_s)}
+            if bare_s:
+                r = spread([v["images_per_sec"] / b["images_per_sec"]
+                            for v, b in zip(var_s, bare_s)])
+                var.update(ratio=r["median"], ratio_range=[r["min"], r["max"]],
+                           ratio_reps=r["values"])
+            if vt_s:   # the variant against the default vae-train row, per repetition
+                r = spread([v["images_per_sec"] / d["images_per_sec"]
+                            for v, d in zip(var_s, vt_s)])
+                var.update(vs_default=r["median"], vs_default_range=[r["min"], r["max"]])
+            if stage == stages[-1][0]:
+                var["vae_train_test_loss"] = statistics.median(r["test_loss"] for r in runs)
+            rows.append(var)
     return rows
 
 
@@ -675,6 +723,8 @@ def table(report: dict) -> str:
             f"{fmt(r.get('seconds_per_full_epoch'), '.2f', 8)} "
             f"{fmt(loss, '.2f', 10)} {fmt(flops / 1e6 if flops else None, '.2f', 9)} "
             f"{fmt(frac * 100 if frac is not None else None, '.1f', 6)}"
+            + (f"  x default {r['vs_default']:.3f} ({r['vs_default_range'][0]:.2f}.."
+               f"{r['vs_default_range'][1]:.2f})" if r.get("vs_default") is not None else "")
             + ("  (" + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in r["errors"].items())
                + ")" if r.get("errors") else ""))
     return "\n".join(lines)
@@ -705,6 +755,10 @@ def parse_args(argv=None):
     ap.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                     help="more overrides for every run, e.g. hydra.searchpath=[file://conf] "
                          "to find a model of your own")
+    ap.add_argument("--variant", nargs="+", default=[], metavar="NAME:KEY=VALUE[,...]",
+                    help="another vae-train row per family with these overrides, run in the "
+                         "same repetitions, e.g. every_step:trainer.nonfinite_check=every_step "
+                         "(the non-finite check's cost); the row's vs_default in the JSON")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads here and OMP_NUM_THREADS for vae-train (default: torch's)")
     ap.add_argument("--no-classic", action="store_true", help="skip the classic example row")

@@ -250,3 +250,41 @@ def test_a_failing_row_is_not_run_again(bench, tiny, tmp_path, monkeypatch):
     assert calls == ["vae-32-0"]
     assert row["errors"] == {"vae_train": "vae-train exited with 2"}
     assert row["bare"]["reps"] == 2 and "ratio" not in row
+
+
+def test_a_variant_row_runs_in_the_same_repetitions_and_compares_with_the_default(
+        bench, tiny, tmp_path, monkeypatch, capsys):
+    """--variant NAME:KEY=VALUE: another vae-train row with those overrides, interleaved with
+    the others; its ratio to the bare loop and to the default row, per repetition."""
+    calls = []
+    ips = {"bare": iter([100, 100]), "default": iter([90, 80]), "every_step": iter([81, 80])}
+
+    def epochs(n):
+        return [{"train_seconds": 1.0, "epoch_seconds": 1.5, "train_images": n}]
+
+    def fake_bare(cfg, n_epochs, device, amp_dtype, compile_=False):
+        calls.append("bare")
+        return {"stages": {"train": epochs(next(ips["bare"]))}, "test_loss": 2.0,
+                "channels_last": False}
+
+    def fake_cli(args_, tmp, name, env):
+        which = "every_step" if "trainer.nonfinite_check=every_step" in args_ else "default"
+        calls.append(which)
+        return {"epochs": epochs(next(ips[which])), "test_loss": 3.0}
+
+    monkeypatch.setattr(bench, "run_bare", fake_bare)
+    monkeypatch.setattr(bench, "run_vae_train", fake_cli)
+    report = bench.main(["--models", "vae", "--precision", "32", "--reps", "2", "--epochs", "1",
+                         "--train-size", "256", "--peak-size", "64", "--threads", "1",
+                         "--no-classic", "--variant",
+                         "every_step:trainer.nonfinite_check=every_step",
+                         "--data-root", str(tiny), "--out", str(tmp_path / "b.json")])
+    assert calls == ["bare", "default", "every_step", "every_step", "default", "bare"]
+    default, variant = report["results"]
+    assert variant["model"] == "vae [every_step]"
+    assert variant["variant_overrides"] == ["trainer.nonfinite_check=every_step"]
+    assert variant["ratio_reps"] == pytest.approx([0.81, 0.80])
+    assert variant["vs_default"] == pytest.approx((0.9 + 1.0) / 2)      # 81/90, 80/80
+    assert "x default 0.950 (0.90..1.00)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="NAME:KEY=VALUE"):
+        bench.parse_variants(["no-colon"])
