@@ -82,3 +82,67 @@ def test_debug_fast_from_the_command_line(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 1 and math.isfinite(metrics["test_loss"])
     assert not list(run.glob("*.png"))      # no pictures
+
+
+# -- the trainer's side of callbacks: errors, state, several processes ------------------------
+
+class _Hooked:
+    name = "mine"
+
+    def __init__(self, fail=False, state=None):
+        self.fail, self.state = fail, state
+
+    def on_epoch_end(self, trainer, record):
+        if self.fail:
+            raise ValueError("boom in my callback")
+
+    def state_dict(self):
+        return self.state if self.state is not None else {"n": 1}
+
+
+def test_an_error_in_a_callback_is_one_line_naming_it(tmp_path):
+    from vae_train.errors import UserError
+
+    tr = make_trainer([*SMALL, "trainer.epochs=1"], tmp_path)
+    tr.callbacks = [_Hooked(fail=True)]
+    with pytest.raises(UserError, match=r"callbacks.mine.on_epoch_end failed: ValueError: boom "
+                                        r"in my callback \(an error in the callback's code"):
+        tr.fit()
+
+
+def test_a_callback_state_that_is_not_plain_data_is_refused_before_it_is_written(tmp_path):
+    from vae_train.errors import UserError
+
+    tr = make_trainer([*SMALL, "trainer.epochs=1"], tmp_path)
+    tr.callbacks = [_Hooked(state={"obj": object()})]
+    with pytest.raises(UserError, match=r"callbacks.mine.state_dict\(\) returned something "
+                                        r"other than plain data"):
+        tr.fit()
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_a_stop_one_rank_asks_for_is_every_ranks(tmp_path, monkeypatch):
+    """Several processes: the trainer gathers the ranks' stop requests after the callbacks,
+    so a stop asked on one rank only stops all (rather than leaving one in a collective)."""
+    from vae_train import distributed
+
+    tr = make_trainer([*SMALL, "trainer.epochs=1"], tmp_path)
+    tr.world = 2
+    asked = {"epoch": 2, "reason": "rank 1 says stop", "callback": "s"}
+    monkeypatch.setattr(distributed, "gather", lambda obj: [obj, asked])
+    tr.agree_stop()
+    assert tr.stopped_early == asked
+    monkeypatch.setattr(distributed, "gather", lambda obj: [None, None])
+    tr.agree_stop()
+    assert tr.stopped_early is None
+
+
+@pytest.mark.slow
+def test_resume_with_another_callbacks_choice_drops_the_old_choices_settings(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", "callbacks=early_stopping",
+             "callbacks.early_stopping.patience=2", f"hydra.run.dir={run}"], tmp_path)
+    proc = run_cli([f"resume={run}", "trainer.epochs=2", "callbacks=null"], tmp_path)
+    assert "epoch 2/2" in proc.stderr + proc.stdout
+    cfg = (run / ".hydra" / "config.yaml").read_text()
+    assert "early_stopping" not in cfg

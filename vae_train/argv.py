@@ -89,6 +89,9 @@ def resume_argv(argv: list[str]) -> list[str]:
         rundir.check_checkpoint_belongs(run_dir, ckpt, state)
     saved = [o for o in state.get("overrides", []) if override_key(o) not in SWEEP_GROUPS
              and override_key(o) not in COMMAND_LINE_ONLY]
+    # logger= / callbacks= chosen anew: the run's settings of its old choices go with them
+    regrouped = {override_key(a) for a in argv if "=" in a and override_key(a) in LIST_GROUPS}
+    saved = [o for o in saved if not any(override_key(o).startswith(g + ".") for g in regrouped)]
     # the model as it was built, whatever its YAML says now (vae_train.compat)
     pinned = model_overrides(state.get("config"))
     merged: dict[str, str] = {}

@@ -61,10 +61,38 @@ def state_dict(tr) -> dict:
         "world_size": tr.world,
         "config": OmegaConf.to_container(tr.cfg, resolve=True),
         "overrides": list(tr.overrides),
-        "callbacks": {getattr(cb, "name", type(cb).__name__): cb.state_dict()
-                      for cb in tr.callbacks if callable(getattr(cb, "state_dict", None))},
+        "callbacks": callback_states(tr.callbacks),
         "stopped_early": tr.stopped_early,
     }
+
+
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, PLAIN)
+
+
+def callback_states(callbacks: list) -> dict:
+    """Every callback's ``state_dict()`` by name. Checkpoints load with weights_only, so a
+    state that is not plain data (numbers, strings, tensors, lists and dicts of them) would
+    make every checkpoint of the run unloadable: one line naming the callback instead."""
+    out = {}
+    for cb in callbacks:
+        if not callable(getattr(cb, "state_dict", None)):
+            continue
+        name = getattr(cb, "name", "") or type(cb).__name__
+        state = cb.state_dict()
+        if not _plain(state):
+            raise UserError(f"callbacks.{name}.state_dict() returned something other than plain "
+                            "data (numbers, strings, tensors, and lists and dicts of them); "
+                            "checkpoints hold only such data, so nothing was written")
+        out[name] = state
+    return out
 
 
 def save(tr, state: dict, name: str, copy_to: str | None = None) -> None:

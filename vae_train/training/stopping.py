@@ -92,10 +92,16 @@ class Stopping:
         limit = (f"; {skipped} steps were skipped already, trainer.max_skipped_steps reached"
                  if self.nonfinite == "skip" else "")
         kept = f"checkpoints keep epoch {epoch}" if epoch else "no checkpoint was written"
-        raise NonFiniteError(
-            f"non-finite {what} at {where}: {values}{limit}; {kept}. Lower optimizer.lr, set "
-            "trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
-            step=step + 1, term=what)
+        raise NonFiniteError(f"non-finite {what} at {where}: {values}{limit}; {kept}. "
+                             f"{self.advice()}", step=step + 1, term=what)
+
+    def advice(self) -> str:
+        """What to try, for the mode the run is in."""
+        if self.nonfinite == "skip":
+            return ("Lower optimizer.lr, set trainer.grad_clip, or raise "
+                    "trainer.max_skipped_steps")
+        return ("Lower optimizer.lr, set trainer.grad_clip, or trainer.nonfinite=skip to skip "
+                "such steps")
 
     def read_back(self, first, seen: int, skipped: int, kept_epoch: int, phases: int) -> None:
         """The device guard read at a check point (training.guard): ``skipped`` steps of the
@@ -116,10 +122,8 @@ class Stopping:
         limit = (f"; {skipped} steps were skipped, trainer.max_skipped_steps reached"
                  if self.nonfinite == "skip" else "")
         kept = f"checkpoints keep epoch {kept_epoch}" if kept_epoch else "no checkpoint was written"
-        raise NonFiniteError(
-            f"non-finite {first.what} at {where}: {values}{limit}; {kept}. Lower "
-            "optimizer.lr, set trainer.grad_clip, or trainer.nonfinite=skip to skip such steps",
-            step=first.step, term=first.what)
+        raise NonFiniteError(f"non-finite {first.what} at {where}: {values}{limit}; {kept}. "
+                             f"{self.advice()}", step=first.step, term=first.what)
 
     @staticmethod
     def diverged(epoch: int, kept_epoch: int, step: int, train: dict) -> NonFiniteError:
@@ -127,8 +131,11 @@ class Stopping:
         every step skipped)."""
         kept = (f"checkpoints keep epoch {kept_epoch}" if kept_epoch
                 else "no checkpoint was written")
-        return NonFiniteError(
-            f"training diverged: the mean train loss of epoch {epoch} is "
-            f"{train.get('loss', 'undefined (every step skipped)')} "
-            f"(recon {train.get('recon')}, kl {train.get('kl')}); {kept}. "
-            "Lower optimizer.lr or set trainer.grad_clip", step=step, term="loss")
+        if "loss" not in train:
+            what = f"every step of epoch {epoch} was skipped (non-finite)"
+        else:
+            terms = ", ".join(f"{k} {train[k]:.4g}" for k in ("recon", "kl") if k in train)
+            what = f"the mean train loss of epoch {epoch} is {train['loss']}" + (
+                f" ({terms})" if terms else "")
+        return NonFiniteError(f"training diverged: {what}; {kept}. Lower optimizer.lr or set "
+                              "trainer.grad_clip", step=step, term="loss")

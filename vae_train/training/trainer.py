@@ -37,6 +37,18 @@ from vae_train.training.stopping import Stopping
 
 log = logging.getLogger(__name__)
 
+
+def log_traceback(where: str) -> None:
+    """The current exception's traceback into the run's log files only (not the console)."""
+    import traceback
+
+    record = logging.getLogger("vae_train.traceback").makeRecord(
+        "vae_train.traceback", logging.ERROR, __file__, 0,
+        f"{where}:\n{traceback.format_exc()}", None, None)
+    for handler in logging.root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
 # The rules of the trainer node's keys (vae_train.checks).
 TRAINER_CHECKS = {
     "epochs": integer(0), "batch_size": integer(1), "eval_batch_size": integer(1),
@@ -123,6 +135,29 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # -- the loop ---------------------------------------------------------------------------
+    def call_hooks(self, name: str, *args) -> None:
+        """Every callback's ``name`` hook. An exception in one (a callback of your own) is one
+        line naming the callback and the hook; its traceback goes to the run's train.log."""
+        for hook in hooks(self.callbacks, name):
+            try:
+                hook(self, *args)
+            except (UserError, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001 - the callback's own code
+                cb = getattr(hook, "__self__", None)
+                where = f"callbacks.{getattr(cb, 'name', '') or type(cb).__name__}.{name}"
+                log_traceback(where)
+                raise UserError(f"{where} failed: {first_line(e)} (an "
+                                "error in the callback's code; its traceback is in the run's "
+                                "train.log)") from None
+
+    def agree_stop(self) -> None:
+        """Several processes: a stop one rank's callback asked for is every rank's (each
+        runs the same epochs), the first rank's reason."""
+        if self.world > 1:
+            asked = [s for s in distributed.gather(self.stopped_early) if s]
+            self.stopped_early = asked[0] if asked else None
+
     def request_stop(self, reason: str, by: str = "") -> None:
         """Stop after this epoch (a callback: early stopping). The epoch's checkpoint, the
         run's ``metrics.json`` and a later resume know it."""
@@ -131,9 +166,13 @@ class Trainer:
     def fit(self) -> None:
         epochs = self.total_epochs
         before, self.stopped_early = self.stopped_early, None
-        for hook in hooks(self.callbacks, "on_fit_start"):
-            hook(self)
-        if self.stopped_early:
+        self.call_hooks("on_fit_start")
+        self.agree_stop()
+        if self.stopped_early and not self.epoch:
+            log.info("callbacks.%s asked to stop before the first epoch (%s); nothing was "
+                     "trained", self.stopped_early["callback"], self.stopped_early["reason"])
+            epochs = 0
+        elif self.stopped_early:
             log.info("the run stopped early at epoch %d (%s); nothing more to train. To go on, "
                      "resume with the callback's setting changed or the callback off",
                      self.stopped_early["epoch"], self.stopped_early["reason"])
@@ -164,8 +203,7 @@ class Trainer:
                         self.stopping.exit(f"after epoch {epoch}; checkpoints/last.pt holds it",
                                            self.rank, self.run_dir)
                 self.enter_stage(self.epoch, starting=False)
-            for hook in hooks(self.callbacks, "on_fit_end"):
-                hook(self)
+            self.call_hooks("on_fit_end")
         except RuntimeError as e:   # detect_anomaly: the backward function that made a NaN
             if not self.t.get("detect_anomaly") or "returned nan" not in str(e):
                 raise
@@ -235,8 +273,8 @@ class Trainer:
         self.report.epoch_end(self.model, epoch, self.step, lr, train, val)
         self.epoch = epoch
         self.history[-1]["epoch_seconds"] = time.perf_counter() - start  # train + val + pictures
-        for hook in hooks(self.callbacks, "on_epoch_end"):
-            hook(self, self.history[-1])
+        self.call_hooks("on_epoch_end", self.history[-1])
+        self.agree_stop()
         if self.stopped_early:
             self.history[-1]["stopped_early"] = self.stopped_early["reason"]
         self.report.epoch_record(self.history[-1], self.step)   # the loggers' row (csv)
@@ -245,8 +283,7 @@ class Trainer:
             first_save()
         # best.pt: the same bytes as last.pt, copied rather than serialised again
         state.save(self, state.state_dict(self), "last.pt", "best.pt" if improved else None)
-        for hook in hooks(self.callbacks, "on_checkpoint"):
-            hook(self, self.ckpt_dir / "last.pt")
+        self.call_hooks("on_checkpoint", self.ckpt_dir / "last.pt")
         Reporter.epoch_line(epoch, self.total_epochs, train, val, improved,
                             speed_unit(self.data.shape))
 
