@@ -205,12 +205,15 @@ def test_top_k_on_resume_keeps_its_list_and_removes_what_does_not_belong(tmp_pat
                                    if _top_files(tmp_path)[0].startswith(f"epoch_{r['epoch']:03d}"))
 
 
-def test_top_k_every_epoch_and_a_fresh_start_clears_an_old_runs_files(tmp_path):
+def test_top_k_every_epoch_and_a_fresh_start_clears_an_old_runs_files(tmp_path, caplog):
     top = tmp_path / "checkpoints" / "top"
     top.mkdir(parents=True)
     (top / "epoch_004-val_loss_3.00.pt").write_bytes(b"an overwritten run's")
+    caplog.set_level("INFO")
     tr = _fit(["trainer.epochs=3", "callbacks=[top_k]", "callbacks.top_k.k=-1"], tmp_path)
     assert _top_files(tmp_path) == _expected(tr.history, 3)
+    assert "that are not epochs of this run (epoch_004-val_loss_3.00.pt)" in caplog.text
+    assert "all best" not in caplog.text
 
 
 def test_top_k_added_on_resume_adopts_the_files_it_finds(tmp_path):
@@ -218,7 +221,8 @@ def test_top_k_added_on_resume_adopts_the_files_it_finds(tmp_path):
     top = tmp_path / "checkpoints" / "top"
     for p in top.glob("*.pt"):   # other names: the epoch is read from the file itself
         p.rename(top / p.name.replace("epoch_", "e"))
-    tr = make_trainer([*SMALL, "trainer.epochs=4", "callbacks=[top_k]", "callbacks.top_k.k=2"],
+    tr = make_trainer([*SMALL, "trainer.epochs=4", "callbacks=[top_k]", "callbacks.top_k.k=2",
+                       "callbacks.top_k.filename='e{epoch:03d}-{monitor}_{value:.2f}'"],
                       tmp_path)
     tr.restore(tmp_path / "checkpoints" / "last.pt")
     tr.callbacks[0].loaded = False   # as if the run had had no top_k
@@ -240,6 +244,68 @@ def test_top_k_remakes_the_copy_a_stop_before_it_missed(tmp_path):
     tr.fit()
     assert newest.is_file()
     assert torch.load(newest, weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("folder", [".", "./", "./.", "top/.."])
+def test_top_k_folder_may_not_be_the_checkpoints_folder_itself(folder):
+    """folder=. would make last.pt and best.pt strays of the top-k folder (review 17 #1)."""
+    with pytest.raises(UserError, match=r"callbacks.top_k.folder=.* is invalid: it must be a "
+                                        r"folder inside the run's checkpoints/ \(not checkpoints/"):
+        build_callbacks(OmegaConf.create({"top_k": {"_target_": "vae_train.callbacks.TopK",
+                                                    "folder": folder}}))
+
+
+def test_top_k_never_deletes_files_it_did_not_make(tmp_path, caplog):
+    """On resume the sweep of stale files removes only names of its own pattern, and never a
+    last.pt/best.pt, even where the pattern would match them."""
+    opts = ["callbacks=[top_k]", "callbacks.top_k.k=1", "callbacks.top_k.filename='{epoch}'"]
+    _fit(["trainer.epochs=2", *opts], tmp_path)
+    top = tmp_path / "checkpoints" / "top"
+    for name in ("last.pt", "best.pt"):
+        (top / name).write_bytes(b"the user's copy")
+    (top / "9.pt").write_bytes(b"a stray of the pattern")
+    caplog.set_level("INFO")
+    _fit(["trainer.epochs=2", *opts], tmp_path, resume=True)
+    assert (top / "last.pt").read_bytes() == (top / "best.pt").read_bytes() == b"the user's copy"
+    assert not (top / "9.pt").exists() and "removed 1 checkpoint(s)" in caplog.text
+    # the default pattern: a file of another name stays
+    (tmp_path / "b").mkdir()
+    _fit(["trainer.epochs=1", "callbacks=[top_k]"], tmp_path / "b")
+    other = tmp_path / "b" / "checkpoints" / "top" / "mine.pt"
+    other.write_bytes(b"mine")
+    _fit(["trainer.epochs=2", "callbacks=[top_k]", "callbacks.top_k.k=-1"], tmp_path / "b",
+         resume=True)
+    assert other.read_bytes() == b"mine"
+    assert len(_top_files(tmp_path / "b")) == 3
+
+
+def test_top_k_ranks_only_the_current_stage(tmp_path, caplog):
+    """vqvae's prior stage reports another quantity as val_loss than the autoencoder: its
+    epochs are ranked among themselves and the earlier stage's files leave (review 17 #14)."""
+    from vae_train.models.base import Stage
+    from vae_train.training.trainer import Trainer
+
+    topk = build_callbacks(OmegaConf.create({"top_k": {
+        "_target_": "vae_train.callbacks.TopK", "k": 2}}))[0]
+
+    class T:
+        stages = [Stage("autoencoder", 3, ("main",)), Stage("prior", 3, ("prior",))]
+        ckpt_dir, rank, epoch = tmp_path, 0, 0
+        stage_index = Trainer.stage_index
+
+    tr = T()
+    caplog.set_level("INFO")
+    for epoch, value in zip(range(1, 7), [30.0, 20.0, 10.0, 60.0, 50.0, 70.0]):
+        tr.epoch, tr.stage = epoch, tr.stages[tr.stage_index(epoch)].name
+        topk.on_epoch_end(tr, {"epoch": epoch, "step": epoch, "val_loss": value})
+        (tmp_path / "last.pt").write_bytes(f"epoch {epoch}".encode())
+        topk.on_checkpoint(tr, tmp_path / "last.pt")
+        if epoch == 3:
+            assert [e["epoch"] for e in topk.kept] == [3, 2]
+    assert [e["epoch"] for e in topk.kept] == [5, 4]
+    files = sorted(p.name for p in (tmp_path / "top").glob("*.pt"))
+    assert files == ["epoch_004-val_loss_60.00.pt", "epoch_005-val_loss_50.00.pt"]
+    assert "stage 'prior' ranks its own epochs" in caplog.text
 
 
 def test_top_k_filename_rules():

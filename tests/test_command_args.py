@@ -288,3 +288,41 @@ def test_sample_refuses_pictures_that_cannot_fit(run, tmp_path, capfd, monkeypat
             in text), text
     assert f"but 100 KB is available on cpu; use n={100 * 1024 // per} or less" in text
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_relative_checkpoint_path_is_found_in_the_run_directory(run, tmp_path, monkeypatch):
+    """checkpoint=checkpoints/last.pt from another working directory: the run's file (review
+    17 #17); a relative path that is in neither place is one line that does not say "train
+    the run first"."""
+    from vae_train.errors import UserError
+    from vae_train.runs import load_run
+
+    monkeypatch.chdir(tmp_path)
+    loaded = load_run(str(run), "checkpoints/last.pt", "cpu")
+    import torch
+
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert loaded.state["step"] == last["step"] and loaded.state["epoch"] == last["epoch"]
+    with pytest.raises(UserError) as e:
+        load_run(str(run), "checkpoints/top/nope.pt", "cpu")
+    text = str(e.value)
+    assert "no checkpoint checkpoints/top/nope.pt" in text and str(run / "checkpoints") in text
+    assert "train the run first" not in text
+
+
+def test_evaluate_ignores_the_runs_own_logger_classes(run, tmp_path):
+    """A run trained with a logger of the user's own (a class outside vae-train) loads for
+    evaluate/sample without trust_run_code: they never build loggers (review 17 #8)."""
+    import torch
+
+    from vae_train.runs import load_run
+
+    other = tmp_path / "mylog"
+    shutil.copytree(run, other)
+    for name in ("best.pt", "last.pt"):
+        path = other / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        state["config"]["logger"] = {"mine": {"_target_": "my_package.mylog.MyLogger"}}
+        torch.save(state, path)
+    loaded = load_run(str(other), "best", "cpu")
+    assert "logger" in loaded.cfg               # the run's config as it was

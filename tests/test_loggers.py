@@ -426,3 +426,102 @@ def test_resume_continues_the_table_and_the_mlflow_and_wandb_runs(tmp_path, monk
         assert [m.step for m in client.get_metric_history(after["mlflow"]["run_id"],
                                                            "val/loss")] == [h["step"] for h in history]
         assert client.get_run(after["mlflow"]["run_id"]).info.status == "FINISHED"
+
+
+# -- review 17: the run's own files, loggers without methods, mlflow tags and resume -----------
+@pytest.mark.parametrize("override, message", [
+    ("logger.csv.filename=metrics.json", "logger.csv.filename='metrics.json' is invalid: it "
+                                         "must be a file name (no folders) that is not one of "
+                                         "the run's own files"),
+    ("logger.csv.filename=loggers.json", "logger.csv.filename='loggers.json' is invalid"),
+    ("logger.csv.filename=.lock", "logger.csv.filename='.lock' is invalid"),
+    ("logger.csv.filename=train.log", "logger.csv.filename='train.log' is invalid"),
+    ("logger.csv.filename=eval_dev.json", "logger.csv.filename='eval_dev.json' is invalid"),
+    ("logger.csv.hparams_file=data_stats.json", "logger.csv.hparams_file='data_stats.json' is "
+                                                "invalid: it must be null or a file name"),
+    ("logger.csv.hparams_file=metrics.csv", "logger.csv.hparams_file=metrics.csv is invalid: "
+                                            "it is logger.csv.filename too"),
+    ("logger.csv.filename=checkpoints", "logger.csv.filename='checkpoints' is invalid"),
+])
+def test_csv_may_not_name_a_file_the_run_owns(override, message, tmp_path):
+    with pytest.raises(UserError) as e:
+        make_loggers(compose_cfg(["logger=csv", override]), tmp_path, enabled=False)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+
+
+class NoMethods:
+    def __init__(self, run_dir, x=1):
+        self.x = x
+
+
+def test_a_logger_with_none_of_the_methods_is_refused(tmp_path):
+    cfg = compose_cfg(["logger=[]"])
+    with open_dict(cfg):
+        cfg.logger = {"x": {"_target_": "test_loggers.NoMethods"}}
+    with pytest.raises(UserError, match=r"^logger.x: test_loggers.NoMethods has none of the "
+                                        r"logger methods \(scalars, images, hparams, epoch, "
+                                        r"close\)"):
+        make_loggers(cfg, tmp_path, enabled=False)
+
+
+@needs_mlflow
+@pytest.mark.parametrize("tags, message", [
+    ("[a,a/b]", "tags: 'a' and 'a/b': MLflow's file store keeps a tag as a file"),
+    ("[mlflow.runName]", "tags: 'mlflow.runName' is a tag MLflow or vae-train sets itself"),
+    ("[a//b]", "tags: 'a//b' is not a tag logger=mlflow can keep"),
+])
+def test_mlflow_refuses_tags_it_cannot_keep_before_the_run(tags, message, tmp_path):
+    cfg = compose_cfg(["logger=mlflow", f"tags={tags}",
+                       f"logger.mlflow.tracking_uri=file:{tmp_path / 'store'}"])
+    with pytest.raises(UserError, match="^" + message.replace("(", r"\(")):
+        make_loggers(cfg, tmp_path, enabled=False)
+    assert not (tmp_path / "store").exists()
+    compose_cfg(["logger=csv", f"tags={tags}"])          # other loggers keep them
+
+
+@needs_mlflow
+def test_mlflow_run_failing_half_way_through_its_start_ends_failed(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from vae_train.loggers import MLflowLogger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file:{tmp_path / 'store'}"
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", broken)
+    with pytest.raises(UserError, match="logger=mlflow could not start a run in .*: disk full"):
+        MLflowLogger(tmp_path / "run", hparams={"a": 1}, tracking_uri=uri)
+    client = MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("vae-train").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@needs_mlflow
+def test_mlflow_resume_says_which_params_stay_and_sets_the_new_tags(tmp_path, monkeypatch,
+                                                                      caplog):
+    from mlflow.tracking import MlflowClient
+
+    from vae_train.loggers import MLflowLogger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri, run = f"file:{tmp_path / 'store'}", tmp_path / "run"
+    run.mkdir()
+    first = MLflowLogger(run, tags=["r"], hparams={"trainer.epochs": 2, "seed": 0},
+                         tracking_uri=uri)
+    run_id = first.run_id
+    first.close()
+    caplog.set_level("INFO", logger="vae_train.loggers")
+    again = MLflowLogger(run, tags=["new"], notes="changed", resume=True,
+                         hparams={"trainer.epochs": 4, "seed": 0, "loss.beta": 2},
+                         tracking_uri=uri)
+    assert again.run_id == run_id
+    again.close()
+    assert ("keeps the first values of 1 changed parameter(s), as MLflow parameters cannot "
+            "change: trainer.epochs 2 (now 4)") in caplog.text
+    got = MlflowClient(tracking_uri=(tmp_path / "store").as_uri()).get_run(run_id)
+    assert got.data.tags["new"] == "true" and got.data.tags["mlflow.note.content"] == "changed"
+    assert got.data.params == {"trainer.epochs": "2", "seed": "0", "loss.beta": "2"}

@@ -342,3 +342,54 @@ def test_report_of_a_real_sweep_with_a_deleted_and_a_never_started_job(tmp_path)
                                                               key=lambda r: r["job"])]
     assert got == [(0, "0_loss.beta=1", "ok"), (1, "1_loss.beta=2", "missing"),
                    (2, "2_loss.beta=4", "missing")]
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """Three runs whose tags and notes differ (one note with a '|'), tags given per job."""
+    s = tmp_path / "labelled"
+    for n, (beta, tag, note) in enumerate([(1, "a", "x | y"), (4, "b", "plain"),
+                                           (16, "a", "second a")]):
+        _run(s, f"{n}_job", [f"loss.beta={beta}", f"tags=[{tag}]", f"notes='{note}'"],
+             metrics={"test_loss": 100.0 + beta, "test_recon": 90.0, "test_kl": 10.0 + beta,
+                      "tags": [tag], "notes": note})
+    return s
+
+
+def _md_row_cells(line: str) -> int:
+    """The cells of a Markdown table row ('\\|' is inside a cell)."""
+    return len(line.replace("\\|", "").strip().strip("|").split("|"))
+
+
+def test_tags_and_notes_are_one_column_each_and_cells_are_escaped(labelled):
+    """Review 17 #6: tags/notes given per job are not also swept-key columns; a '|' in a
+    cell does not split the Markdown row."""
+    result = report(labelled)
+    assert result["keys"] == ["loss.beta"]
+    with open(labelled / "report.csv") as f:
+        header = next(csv.reader(f))
+    assert header.count("tags") == 1 and header.count("notes") == 1
+    md = (labelled / "report.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("| ")]
+    assert table[0].split(" | ")[-2:] == ["tags", "notes |"]
+    assert len({_md_row_cells(line) for line in table}) == 1
+    assert any("x \\| y" in line for line in table)
+
+
+def test_a_tag_filtered_report_has_its_own_files(labelled):
+    """Review 17 #18: report(sweep, tag=...) (a str path too) writes report_<tag>.* and leaves
+    the full report as it was."""
+    report(labelled)
+    full = {name: (labelled / name).read_bytes()
+            for name in ("report.md", "report.csv", "metrics.png", "rate_distortion.png")}
+    result = report(str(labelled), tag="a")
+    assert [r["run"] for r in result["runs"]] == ["0_job", "2_job"]
+    for name, data in full.items():
+        assert (labelled / name).read_bytes() == data, name
+    with open(labelled / "report_a.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["0_job", "2_job"]
+    md = (labelled / "report_a.md").read_text()
+    assert "Only the 2 of 3 runs tagged `a`" in md and "(metrics_a.png)" in md
+    assert {p.name for p in result["files"]} == {"report_a.md", "report_a.csv", "metrics_a.png",
+                                                 "rate_distortion_a.png"}
+    assert all(p.is_file() for p in result["files"])

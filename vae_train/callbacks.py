@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import string
 from pathlib import Path
 
 from vae_train.checks import BOOLEAN, Checked, Rule, check_values, integer, number, one_of, \
@@ -314,6 +316,11 @@ def _stage_of(trainer) -> str | None:
     return trainer.stages[trainer.stage_index(max(int(trainer.epoch), 1))].name
 
 
+def _staged(trainer) -> bool:
+    """Whether the trainer runs more than one stage (``vqvae`` with a prior)."""
+    return len(getattr(trainer, "stages", None) or ()) > 1
+
+
 def _stage_first_epoch(trainer, stage: str) -> int:
     first = 1
     for s in getattr(trainer, "stages", []):
@@ -325,6 +332,7 @@ def _stage_first_epoch(trainer, stage: str) -> int:
 
 # -- the k best checkpoints -----------------------------------------------------------------
 
+RUN_FILES = ("last.pt", "best.pt")   # the trainer's own: never adopted nor deleted by top_k
 FILENAME = Rule(lambda v: _filename_ok(v) == "", "a file name pattern with {epoch} (and "
                 "optionally {step}, {monitor}, {value}), without '/' or '='")
 
@@ -356,9 +364,11 @@ class TopK(Checked, Callback):
               "k": Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and
                         (v >= 1 or v == -1), "a positive integer, or -1 (every epoch)"),
               "filename": FILENAME, "folder": Rule(lambda v: isinstance(v, str) and v != "" and
+                                                   Path(v).parts != () and
                                                    ".." not in Path(v).parts and
                                                    not Path(v).is_absolute(),
-                                                   "a folder inside the run's checkpoints/")}
+                                                   "a folder inside the run's checkpoints/ "
+                                                   "(not checkpoints/ itself)")}
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min", k: int = 3,
                  filename: str = "epoch_{epoch:03d}-{monitor}_{value:.2f}",
@@ -384,6 +394,16 @@ class TopK(Checked, Callback):
     def top_dir(self, trainer) -> Path:
         return Path(trainer.ckpt_dir) / self.folder
 
+    def pattern(self) -> re.Pattern:
+        """The names ``filename`` makes (each field any text): the only files of the folder
+        this callback adopts or deletes."""
+        parts = []
+        for literal, field, _, _ in string.Formatter().parse(self.filename):
+            parts.append(re.escape(literal))
+            if field is not None:
+                parts.append(".+?")
+        return re.compile("".join(parts) + re.escape(".pt"))
+
     def _sort(self) -> None:
         sign = 1.0 if self.mode == "min" else -1.0
         self.kept.sort(key=lambda e: (math.isnan(e["value"]), sign * e["value"]
@@ -402,7 +422,9 @@ class TopK(Checked, Callback):
         if trainer.history and self.monitor not in trainer.history[-1]:
             monitored(trainer.history[-1], self.monitor, f"callbacks.{self.name}")
         top = self.top_dir(trainer)
-        on_disk = {p.name: p for p in sorted(top.glob("*.pt"))} if top.is_dir() else {}
+        ours = self.pattern()
+        on_disk = {p.name: p for p in sorted(top.glob("*.pt"))
+                   if ours.fullmatch(p.name) and p.name not in RUN_FILES} if top.is_dir() else {}
         if not self.loaded and trainer.epoch > 0:   # top_k added on resume: adopt the folder
             self.kept = self._adopt(on_disk, history, trainer.epoch)
         # settings changed on resume: the kept epochs rescored from the history
@@ -410,7 +432,10 @@ class TopK(Checked, Callback):
             self.kept = [{**e, "value": float(history[e["epoch"]][self.monitor])}
                          for e in self.kept if e["epoch"] in history
                          and self.monitor in history[e["epoch"]]]
-        self.kept = [e for e in self.kept if e["epoch"] <= trainer.epoch]
+        # a model trained in stages: only the current stage's epochs are ranked
+        first = _stage_first_epoch(trainer, _stage_of(trainer)) if _staged(trainer) else 1
+        stage = f" in stage {_stage_of(trainer)!r}" if _staged(trainer) else ""
+        self.kept = [e for e in self.kept if first <= e["epoch"] <= trainer.epoch]
         last = Path(trainer.ckpt_dir) / "last.pt"
         for e in list(self.kept):
             if e["file"] in on_disk:
@@ -428,9 +453,10 @@ class TopK(Checked, Callback):
         for p in stray:
             p.unlink(missing_ok=True)
         if stray:
-            log.info("callbacks.%s: removed %d checkpoint(s) of %s that are not among this "
-                     "run's %s best by %s (%s)", self.name, len(stray), top,
-                     "all" if self.k == -1 else self.k, self.monitor,
+            log.info("callbacks.%s: removed %d checkpoint(s) of %s that are not %s (%s)",
+                     self.name, len(stray), top,
+                     "epochs of this run" + stage if self.k == -1 else
+                     f"among this run's {self.k} best by {self.monitor}{stage}",
                      ", ".join(p.name for p in stray[:3]) + (", ..." if len(stray) > 3 else ""))
 
     def _adopt(self, on_disk: dict, history: dict, epoch: int) -> list[dict]:
@@ -460,8 +486,17 @@ class TopK(Checked, Callback):
                  "file": self.filename.format(epoch=epoch, step=int(record.get("step", 0)),
                                               monitor=self.monitor, value=value) + ".pt"}
         self.kept = [e for e in self.kept if e["epoch"] != epoch]   # (a repeated epoch)
+        earlier = []
+        if _staged(trainer):   # a new stage ranks afresh: its losses are another quantity
+            first = _stage_first_epoch(trainer, trainer.stage)
+            earlier = [e for e in self.kept if e["epoch"] < first]
+            self.kept = [e for e in self.kept if e["epoch"] >= first]
+            if earlier:
+                log.info("callbacks.%s: stage %r ranks its own epochs; the %d checkpoint(s) of "
+                         "the earlier stage leave checkpoints/%s", self.name, trainer.stage,
+                         len(earlier), self.folder)
         self.kept.append(entry)
-        dropped = self._limit()
+        dropped = earlier + self._limit()
         if entry in dropped:
             dropped.remove(entry)
             entry = None
@@ -477,7 +512,7 @@ class TopK(Checked, Callback):
             _place(Path(path), top / entry["file"])
         keep = {e["file"] for e in self.kept}
         for e in dropped:
-            if e["file"] not in keep:
+            if e["file"] not in keep and e["file"] not in RUN_FILES:
                 (top / e["file"]).unlink(missing_ok=True)
 
     def best_path(self, trainer) -> Path | None:

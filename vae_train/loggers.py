@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,25 @@ log = logging.getLogger(__name__)
 IDS = "loggers.json"        # the W&B and MLflow run ids of this run directory
 NAME = Rule(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v
             and "\\" not in v and v not in (".", ".."), "a file name (no folders)")
+# What a run directory holds besides the csv logger's files: its name may be none of these.
+RUN_FILES = ("metrics.json", "loggers.json", "train.log", "data_stats.json", "checkpoints",
+             "wandb", "samples.png", "reconstructions.png")
+
+
+def own_file(name: str) -> str:
+    """Why a file name of the csv logger is a file the run itself writes ("" when it is not)."""
+    if name in RUN_FILES or name.startswith("."):
+        return f"the run's own {name}"
+    if name.startswith("eval") and name.endswith(".json"):
+        return f"a file of evaluate ({name})"
+    if name.startswith("events.out.tfevents"):
+        return "a TensorBoard event file"
+    return ""
+
+
+CSV_NAME = Rule(lambda v: NAME.ok(v) and own_file(v) == "",
+                "a file name (no folders) that is not one of the run's own files (metrics.json, "
+                "loggers.json, train.log, eval*.json, data_stats.json, a name starting with '.')")
 TEXT = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 
 
@@ -72,7 +92,15 @@ class CSVLogger(Checked):
     are replaced. ``hparams.yaml`` beside it: tags, notes, hyperparameters, final metrics."""
 
     config_group = "logger.csv"
-    checks = {"filename": NAME, "hparams_file": optional(NAME, "null or a file name")}
+    checks = {"filename": CSV_NAME, "hparams_file": optional(CSV_NAME, "null or " + CSV_NAME.what)}
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        """What the rules of one option cannot see: the two files are two."""
+        filename = options.get("filename", "metrics.csv")
+        if options.get("hparams_file", "hparams.yaml") == filename:
+            raise UserError(f"logger.csv.hparams_file={filename} is invalid: it is "
+                            "logger.csv.filename too; give the two files different names")
 
     def __init__(self, run_dir, tags=(), notes: str | None = None, resume: bool = False,
                  filename: str = "metrics.csv", hparams_file: str | None = "hparams.yaml"):
@@ -209,6 +237,17 @@ class WandbLogger(Checked):
             run.finish(exit_code=0 if self.finished else 1)
 
 
+def kept_old(run_id: str, logged: dict, hparams: dict) -> None:
+    """One line naming the parameters a resumed MLflow run keeps at their first values
+    (MLflow's parameters cannot change; metrics.json and hparams.yaml have the new ones)."""
+    changed = [f"{k} {logged[str(k)]} (now {str(v)[:500]})" for k, v in hparams.items()
+               if str(k) in logged and logged[str(k)] != str(v)[:500]]
+    if changed:
+        log.info("logger mlflow: run %s keeps the first values of %d changed parameter(s), "
+                 "as MLflow parameters cannot change: %s", run_id, len(changed),
+                 "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else ""))
+
+
 def store_uri(uri: str | None) -> str | None:
     """``file:outputs/mlruns`` (or a bare path) as an absolute ``file:`` URI; others as
     given (a server, ``sqlite:///...``; None: MLflow's own default)."""
@@ -233,6 +272,26 @@ class MLflowLogger(Checked):
 
     config_group = "logger.mlflow"
     requires = ("mlflow", "mlflow")
+
+    @staticmethod
+    def check_labels(tags: list, notes: str | None, options: dict) -> None:
+        """Tags MLflow cannot hold as tag keys, refused before the run starts: MLflow's own
+        (``mlflow.*``), this logger's, a key that is not a clean path, and (a file store keeps
+        each tag as a file) one tag that is a folder of another."""
+        for tag in tags:
+            if tag.startswith("mlflow.") or tag == "vae_train.run_dir":
+                raise UserError(f"tags: {tag!r} is a tag MLflow or vae-train sets itself; "
+                                "logger=mlflow needs another name for it")
+            if posixpath.normpath(tag) != tag or tag.startswith(("/", "..")):
+                raise UserError(f"tags: {tag!r} is not a tag logger=mlflow can keep: no "
+                                "leading, trailing or doubled '/', no '.' or '..' parts")
+            uri = store_uri(options.get("tracking_uri", "file:outputs/mlruns"))
+            if uri is None or uri.startswith("file:"):
+                clash = [t for t in tags if t.startswith(tag + "/")]
+                if clash:
+                    raise UserError(f"tags: {tag!r} and {clash[0]!r}: MLflow's file store "
+                                    f"keeps a tag as a file, so {tag!r} cannot also be a folder; "
+                                    "rename one of them (e.g. with '-' for '/')")
     checks = {"tracking_uri": optional(TEXT, "null or a tracking URI (file:outputs/mlruns)"),
               "experiment_name": TEXT, "run_name": optional(TEXT, "null or a run name"),
               "images": BOOLEAN}
@@ -262,19 +321,29 @@ class MLflowLogger(Checked):
             else:
                 experiment_id = experiment.experiment_id
             previous = read_ids(run_dir).get("mlflow") if resume else None
+            run_tags = {str(t): "true" for t in tags or ()}
+            if notes:
+                run_tags["mlflow.note.content"] = notes
             if (isinstance(previous, dict) and previous.get("tracking_uri") == uri
                     and previous.get("experiment_id") == experiment_id):
                 self.run_id = str(previous["run_id"])
                 self.client.update_run(self.run_id, status="RUNNING")
+                for key, value in run_tags.items():   # tags and notes given on resume
+                    self.client.set_tag(self.run_id, key, value)
+                before = dict(self.client.get_run(self.run_id).data.params)
+                self.params = self.log_params(hparams or {}, before)
+                kept_old(self.run_id, before, hparams or {})
             else:
-                run_tags = {str(t): "true" for t in tags or ()}
                 run_tags["vae_train.run_dir"] = str(run_dir.resolve())
-                if notes:
-                    run_tags["mlflow.note.content"] = notes
                 self.run_id = self.client.create_run(
                     experiment_id, tags=run_tags, run_name=run_name or run_dir.name).info.run_id
-            self.params = self.log_params(hparams or {})
+                self.params = self.log_params(hparams or {})
         except Exception as e:  # noqa: BLE001 - the store is unreachable or unreadable
+            if self.run_id is not None:   # started half-way: not left RUNNING for ever
+                try:
+                    self.client.set_terminated(self.run_id, status="FAILED")
+                except Exception:  # noqa: BLE001 - the store is what failed
+                    pass
             raise UserError(f"logger=mlflow could not start a run in {uri or 'the default store'}"
                             f": {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
                             ) from None
@@ -286,8 +355,6 @@ class MLflowLogger(Checked):
         from mlflow.entities import Param
 
         logged = dict(logged or {})
-        if self.run_id is not None and logged == {}:
-            logged = dict(self.client.get_run(self.run_id).data.params)
         new = [Param(str(k), str(v)[:500]) for k, v in hparams.items() if str(k) not in logged]
         if new:
             self.client.log_batch(self.run_id, params=new)

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # A tag: what every logger accepts as a label (MLflow's tag keys are the narrowest).
 TAG = re.compile(r"[A-Za-z0-9_.\-/ ]{1,64}")
+# What a logger does: a class with none of these is refused (see Loggers).
+METHODS = ("scalars", "images", "hparams", "epoch", "close")
 # The arguments make_loggers passes to a logger class that takes them.
 RUN_ARGS = ("tags", "notes", "hparams", "resume")
 
@@ -288,6 +290,15 @@ def logger_specs(cfg) -> list[tuple[str, type, dict]]:
                             f"its options: {', '.join(known) or 'none'}")
         if isinstance(cls, type):
             check_values(f"logger.{name}", rules_of(cls), options)
+            if not any(callable(getattr(cls, m, None)) for m in METHODS):
+                raise UserError(f"logger.{name}: {target} has none of the logger methods "
+                                f"({', '.join(METHODS)}); see docs/logging.md")
+        check = getattr(cls, "check_options", None)
+        if callable(check):                       # what involves two options (csv's files)
+            check(options)
+        check = getattr(cls, "check_labels", None)
+        if callable(check):                       # the tags this logger cannot keep (mlflow)
+            check(*run_labels(cfg), options)
         specs.append((name, cls, options))
     return specs
 

@@ -29,6 +29,9 @@ expanded: the report lists the runs it finds and says so, as it does without a
                    value of the other swept keys (for a beta x latent-size sweep: per latent size);
 * ``rate_distortion.png``  every run as a point in the plane of KL (rate, nats) against
                    reconstruction loss (distortion, nats), labelled with its swept values.
+
+With ``tag=T`` only the runs tagged ``T`` are reported, into ``report_T.csv``, ``report_T.md``,
+``metrics_T.png`` and ``rate_distortion_T.png``: the full report's files are left as they are.
 """
 
 from __future__ import annotations
@@ -433,12 +436,13 @@ def _is_scalar(v) -> bool:
 
 
 def swept_keys(runs: list[dict]) -> list[str]:
-    """Keys whose value differs between runs, in command-line order."""
+    """Keys whose value differs between runs, in command-line order (``tags`` and ``notes``
+    aside: they are the report's own columns)."""
     values: dict[str, set] = defaultdict(set)
     order: list[str] = []
     for r in runs:
         for k, v in r["overrides"].items():
-            if k.startswith("hydra") or k in ("dataset.root", "resume"):
+            if k.startswith("hydra") or k in ("dataset.root", "resume", "tags", "notes"):
                 continue
             values[k].add(str(v))
             if k not in order:
@@ -456,7 +460,7 @@ def summary(runs: list[dict]) -> str:
     counts = {st: sum(r["status"] == st for r in runs) for st in STATUSES}
     parts = [f"{n} {SUMMARY_WORDS.get(st, st)}" for st, n in counts.items()
              if n or st != "unknown"]
-    return f"{len(runs)} jobs: " + ", ".join(parts)
+    return f"{len(runs)} job{'' if len(runs) == 1 else 's'}: " + ", ".join(parts)
 
 
 def write_csv(runs, keys, metric_names, path: Path) -> None:
@@ -495,12 +499,12 @@ def write_markdown(sweep, runs, keys, metric_names, plots, notes, path: Path) ->
              "metric of every run is in `report.csv`.", ""]
     labels = [c for c in ("tags", "notes") if any(r.get(c) for r in ok)]
     header = ["run", *keys, *shown, *labels]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     for r in ok:
         cells = [r["run"], *(_fmt(r["overrides"].get(k, "")) for k in keys),
                  *(_fmt(r["metrics"].get(m, "")) for m in shown),
-                 *(_cell(", ".join(r["tags"]) if c == "tags" else r["notes"]) for c in labels)]
-        lines.append("| " + " | ".join(cells) + " |")
+                 *(", ".join(r["tags"]) if c == "tags" else r["notes"] for c in labels)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if bad:
         lines += ["", "## Jobs without results", ""]
         lines += [f"- `{r['run']}` ({r['status']}): {r['error']}" for r in bad]
@@ -526,8 +530,8 @@ def _choose_axes(runs, keys, x, lines):
     return x, group
 
 
-def plot(runs, keys, x_key, group_keys, out: Path) -> list[tuple[str, str]]:
-    """metrics.png and rate_distortion.png; returns (title, file name) pairs."""
+def plot(runs, keys, x_key, group_keys, out: Path, suffix: str = "") -> list[tuple[str, str]]:
+    """metrics<suffix>.png and rate_distortion<suffix>.png; (title, file name) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -577,9 +581,9 @@ def plot(runs, keys, x_key, group_keys, out: Path) -> list[tuple[str, str]]:
         fig.suptitle(f"metrics against {x_key}" + (f", one line per {', '.join(group_keys)}"
                                                    if group_keys else ""))
         fig.tight_layout(rect=(0, 0.06 if group_keys else 0, 1, 0.96))
-        fig.savefig(out / "metrics.png", dpi=110)
+        fig.savefig(out / f"metrics{suffix}.png", dpi=110)
         plt.close(fig)
-        made.append((f"Metrics against {x_key}", "metrics.png"))
+        made.append((f"Metrics against {x_key}", f"metrics{suffix}.png"))
 
     rd = [r for r in ok if "test_kl" in r["metrics"] and "test_recon" in r["metrics"]]
     if rd:
@@ -604,15 +608,25 @@ def plot(runs, keys, x_key, group_keys, out: Path) -> list[tuple[str, str]]:
         if len(groups) > 1:
             ax.legend(fontsize="small")
         fig.tight_layout()
-        fig.savefig(out / "rate_distortion.png", dpi=110)
+        fig.savefig(out / f"rate_distortion{suffix}.png", dpi=110)
         plt.close(fig)
-        made.append(("Rate-distortion plane", "rate_distortion.png"))
+        made.append(("Rate-distortion plane", f"rate_distortion{suffix}.png"))
     return made
 
 
-def report(sweep: Path, x=None, lines=None, out: Path | None = None,
+def tag_suffix(tag: str | None) -> str:
+    """``_<tag>`` for the file names of a report filtered by ``tag`` (characters other than
+    letters, digits, ``_ . -`` as ``_``); "" for the full report."""
+    return "" if tag is None else "_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", str(tag))
+
+
+def report(sweep: Path | str, x=None, lines=None, out: Path | str | None = None,
            tag: str | None = None) -> dict:
-    """The report of ``sweep`` (see the module); ``tag``: only the runs that carry it."""
+    """The report of ``sweep`` (see the module); ``tag``: only the runs that carry it, written
+    as ``report_<tag>.md``, ``report_<tag>.csv`` and ``<plot>_<tag>.png`` beside the full
+    report's files (never over them)."""
+    sweep = Path(sweep).expanduser()
+    out = None if out is None else Path(out).expanduser()
     if not sweep.is_dir():
         what = "is a file, not a directory" if sweep.exists() else "no such directory"
         raise UserError(f"{sweep}: {what}; give a sweep directory "
@@ -637,11 +651,13 @@ def report(sweep: Path, x=None, lines=None, out: Path | None = None,
                           key=lambda m: (m.startswith("eval_"), not m.startswith("test_"), m))
     x_key, group_keys = _choose_axes(runs, keys, x, lines)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot(runs, keys, x_key, group_keys, out)
-    write_csv(runs, keys, metric_names, out / "report.csv")
-    write_markdown(sweep, runs, keys, metric_names, plots, notes, out / "report.md")
+    suffix = tag_suffix(tag)
+    plots = plot(runs, keys, x_key, group_keys, out, suffix)
+    write_csv(runs, keys, metric_names, out / f"report{suffix}.csv")
+    write_markdown(sweep, runs, keys, metric_names, plots, notes, out / f"report{suffix}.md")
     return {"runs": runs, "keys": keys, "notes": notes,
-            "files": [out / "report.md", out / "report.csv", *(out / name for _, name in plots)]}
+            "files": [out / f"report{suffix}.md", out / f"report{suffix}.csv",
+                      *(out / name for _, name in plots)]}
 
 
 @hydra_app("report", USAGE, path_keys=("sweep", "out"), positional="sweep")

@@ -126,14 +126,24 @@ def load_run(run: str, which: str = "best", device: str = "auto",
     run_dir = Path(run).expanduser()
     if not (run_dir / ".hydra").is_dir():
         raise UserError(f"run={run}: not a vae-train run directory (no .hydra/ folder)")
-    ckpt = Path(which) if which not in ("best", "last") else run_dir / "checkpoints" / f"{which}.pt"
-    if not ckpt.is_file():
-        alt = run_dir / "checkpoints" / "last.pt"
-        if which == "best" and alt.is_file():
-            ckpt = alt
-        else:
-            raise UserError(f"run={run}: no checkpoint {ckpt}; train the run first "
-                            "(or pick one with checkpoint=best|last|PATH)")
+    if which in ("best", "last"):
+        ckpt = run_dir / "checkpoints" / f"{which}.pt"
+        if not ckpt.is_file():
+            alt = run_dir / "checkpoints" / "last.pt"
+            if which == "best" and alt.is_file():
+                ckpt = alt
+            else:
+                raise UserError(f"run={run}: no checkpoint {ckpt}; train the run first "
+                                "(or pick one with checkpoint=best|last|PATH)")
+    else:   # a path: as given, else (relative) inside the run directory
+        ckpt = Path(which).expanduser()
+        if not ckpt.is_file() and not ckpt.is_absolute() and (run_dir / ckpt).is_file():
+            ckpt = run_dir / ckpt
+        if not ckpt.is_file():
+            where = "" if ckpt.is_absolute() else f" (nor {run_dir / ckpt})"
+            raise UserError(f"run={run}: no checkpoint {which}{where}; give a .pt file of the "
+                            f"run (e.g. checkpoint=checkpoints/top/<file>.pt, relative to the run "
+                            "directory), or checkpoint=best|last")
     state = checkpoint.load(ckpt)
     saved = run_dir / ".hydra" / "config.yaml"
     try:
@@ -147,8 +157,8 @@ def load_run(run: str, which: str = "best", device: str = "auto",
     if "config" not in state and not OmegaConf.is_dict(run_cfg):
         raise UserError(f"run={run}: neither {ckpt} nor {saved} holds a readable config")
     conf = state.get("config") or OmegaConf.to_container(run_cfg, resolve=False)
-    if isinstance(conf, dict):   # (callbacks are built by training alone)
-        conf = {k: v for k, v in conf.items() if k != "callbacks"}
+    if isinstance(conf, dict):   # (callbacks and loggers are built by training alone)
+        conf = {k: v for k, v in conf.items() if k not in ("callbacks", "logger")}
     trust.check_config(conf, f"run {run}", trust_run_code)
     if run_target and state.get("model_target") and state["model_target"] != run_target:
         raise UserError(f"checkpoint {ckpt} holds a different model ({state['model_target']}) "

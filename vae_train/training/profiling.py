@@ -6,6 +6,7 @@ own time)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +25,12 @@ class StepProfiler:
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
+        else:
+            # kineto (the profiler's library) asks for GPUs even for a CPU profile and prints
+            # "ERROR: ... gpuGetDeviceCount failed" (and USDT lines) on a machine without
+            # one: on CPU its messages are all noise. Read when the profiler starts; a
+            # KINETO_LOG_LEVEL of the user's own is kept.
+            os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         self.sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         self.prof = profile(activities=activities, record_shapes=True,
                             schedule=schedule(wait=0, warmup=1, active=self.steps, repeat=1),
