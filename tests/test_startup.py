@@ -337,3 +337,68 @@ def test_quick_mode_runs_every_row_and_prints_its_table(tmp_path):
     for name in list(report["seconds"]) + list(report["ratios"]):
         assert name in proc.stdout
     assert f"wrote {out}" in proc.stdout
+
+
+# -- sympy: kept out of a run whose memory estimate is cached ----------------------------------
+
+def test_broadcasts_to_agrees_with_torch():
+    import itertools
+
+    from vae_train.distributions import broadcasts_to
+
+    shapes = [(), (1,), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3), (4, 1, 3), (5, 4, 2, 3)]
+    for a, b in itertools.product(shapes, shapes):
+        try:
+            ref = torch.broadcast_shapes(b, a) == torch.Size(b)
+        except RuntimeError:
+            ref = False
+        assert broadcasts_to(a, b) == ref, (a, b)
+
+
+def test_the_memory_estimate_is_measured_once_per_configuration(tmp_path, monkeypatch):
+    from vae_train import memory
+    from vae_train.models.vae import VAE
+    from vae_train.losses import ELBO
+
+    def make():
+        return VAE((1, 28, 28), latent_dim=4, hidden_dims=[40])
+
+    cache = tmp_path / "memory" / "one.json"
+    first = memory.estimate(make, ELBO(), (8, 1, 28, 28), None, cache=cache)
+    assert first.activation_bytes and cache.is_file()
+    monkeypatch.setattr(memory, "_activation_bytes", lambda *a: pytest.fail("measured again"))
+    again = memory.estimate(make, ELBO(), (8, 1, 28, 28), None, cache=cache)
+    assert again == first
+    cache.write_text("not json")                 # a damaged entry: measured (and rewritten)
+    monkeypatch.setattr(memory, "_activation_bytes", lambda *a: 123)
+    assert memory.estimate(make, ELBO(), (8, 1, 28, 28), None, cache=cache).activation_bytes == 123
+    blocked = tmp_path / "file"
+    blocked.write_text("")                       # a cache folder that cannot be made
+    assert memory.estimate(make, ELBO(), (8, 1, 28, 28), None,
+                           cache=blocked / "x.json").activation_bytes == 123
+
+
+RUN_TWICE = """
+import sys
+sys.argv = ["vae_train", "dataset=synthetic", "dataset.num_train=300", "dataset.num_test=50",
+            "trainer.epochs=1", "trainer.progress=false", "logger=[]", "device=cpu",
+            "hydra.run.dir=" + sys.argv[1], "overwrite=true"]
+from vae_train.train import main
+try:
+    main()
+except SystemExit:
+    pass
+print("SYMPY", "sympy" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_whose_estimate_is_cached_does_not_import_sympy(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VAE_CACHE_DIR": str(tmp_path / "cache")}
+    seen = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", RUN_TWICE, str(tmp_path / "run")],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        seen.append(proc.stdout.strip().splitlines()[-1])
+    assert seen == ["SYMPY True", "SYMPY False"]

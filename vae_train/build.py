@@ -5,6 +5,7 @@ and the model, with shapes and class counts taken from the data. Training, ``eva
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -95,6 +96,33 @@ def _owns_objective(cfg) -> bool:
     return isinstance(cls, type) and issubclass(cls, OwnsObjective)
 
 
+def _estimate_cache(cfg, x_shape, y, train: bool):
+    """The file that keeps the memory estimate's activations for this configuration (its
+    model and loss nodes, the batch's shape, the versions of torch and vae-train, and the
+    model's source file as it is now), in the cache folder (``dataset.cache_dir``, else
+    ``$VAE_CACHE_DIR``, else ``~/.cache/vae-train``)."""
+    import hashlib
+    import inspect
+    import json
+
+    from vae_train import __version__
+    from vae_train.data.decode_cache import cache_root
+
+    try:
+        source = Path(inspect.getsourcefile(locate(cfg.model._target_)))
+        stat = source.stat()
+        spec = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+                "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+                "x": list(x_shape), "y": None if y is None else [list(y.shape), str(y.dtype)],
+                "train": train, "torch": torch.__version__, "vae_train": __version__,
+                "source": [str(source), stat.st_size, stat.st_mtime_ns]}
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+        root = cache_root(OmegaConf.select(cfg, "dataset.cache_dir", default=None))
+    except Exception:  # noqa: BLE001 - no cache: the estimate is measured
+        return None
+    return root / "memory" / f"{key[:32]}.json"
+
+
 def _check_memory(cfg, dm, objective, make_model, device, memory: str) -> None:
     train = memory == "train"
     batch = int(OmegaConf.select(cfg, "trainer.batch_size", default=128) or 128)
@@ -106,7 +134,8 @@ def _check_memory(cfg, dm, objective, make_model, device, memory: str) -> None:
         objective = ModelObjective(likelihood=objective.likelihood, sigma=objective.sigma,
                                    learn_sigma=objective.learn_sigma,
                                    mixtures=objective.mixtures)
-    est = memory_mod.estimate(make_model, objective, (batch, *dm.shape), y, opt, train)
+    est = memory_mod.estimate(make_model, objective, (batch, *dm.shape), y, opt, train,
+                              _estimate_cache(cfg, (batch, *dm.shape), y, train))
     memory_mod.check_fits(est, device, batch,
                           "make the model smaller (model.hidden_dims, model.latent_dim, ...), "
                           "or lower trainer.batch_size (or loss.k)" if train else
