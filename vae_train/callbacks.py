@@ -16,8 +16,8 @@ import re
 import string
 from pathlib import Path
 
-from vae_train.checks import BOOLEAN, Checked, Rule, check_values, integer, number, one_of, \
-    optional, rules_of
+from vae_train.checks import BOOLEAN, Checked, Rule, check_values, integer, keyword_options, \
+    number, one_of, optional, rules_of
 from vae_train.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,12 @@ def callback_rules(node) -> dict[str, dict[str, Rule]]:
 
 def _check_options(name: str, cls, spec) -> None:
     """Options the class does not take, and values its rules refuse: one line by full key."""
-    import inspect
-
     from omegaconf import OmegaConf
 
     values = {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items()
               if not str(k).startswith("_")}
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = None
-    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        takes = [n for n, p in params.items()
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = keyword_options(cls)
+    if takes is not None:
         unknown = [k for k in values if k not in takes]
         if unknown:
             raise UserError(f"callbacks.{name}.{unknown[0]} is not an option of "

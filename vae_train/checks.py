@@ -109,6 +109,19 @@ def invalid(key: str, value, rule: Rule) -> UserError:
     return UserError(f"{key}={shown} is invalid: it must be {rule.what}")
 
 
+def keyword_options(cls, skip: int = 0, exclude=()) -> list[str] | None:
+    """The options ``cls(...)`` takes by name, after its first ``skip`` parameters and
+    without ``exclude``; None when it takes any (``**kwargs``) or shows no signature."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in list(params.items())[skip:] if n not in exclude
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def check_values(group: str, rules: Mapping[str, Rule], values: Mapping) -> None:
     """Raise one line naming ``group.key`` for the first value that breaks its rule."""
     for key, rule in rules.items():

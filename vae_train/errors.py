@@ -33,3 +33,19 @@ class NonFiniteError(UserError):
     def __init__(self, message: str, step: int, term: str):
         super().__init__(message)
         self.step, self.term = step, term
+
+
+def traceback_to_files(heading: str = "") -> list[str]:
+    """The current exception's traceback into the log files only (the run's train.log), not
+    the console; returns those files' paths (none: no log file is open)."""
+    import logging
+    import traceback
+
+    files = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
+    text = traceback.format_exc()
+    record = logging.getLogger("vae_train.traceback").makeRecord(
+        "vae_train.traceback", logging.ERROR, __file__, 0,
+        f"{heading}:\n{text}" if heading else text, None, None)
+    for handler in files:
+        handler.handle(record)
+    return [h.baseFilename for h in files]

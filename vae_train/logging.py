@@ -255,7 +255,7 @@ def logger_specs(cfg) -> list[tuple[str, type, dict]]:
     """(name, class, options) of each logger the ``logger`` node selects, checked without
     building anything: each names a class that exists, its options are ones the class takes,
     and the package it needs is installed (one line otherwise)."""
-    from vae_train.checks import check_values, locate, rules_of
+    from vae_train.checks import check_values, keyword_options, locate, rules_of
 
     node = cfg.get("logger") if cfg is not None else None
     if node is None:
@@ -280,12 +280,9 @@ def logger_specs(cfg) -> list[tuple[str, type, dict]]:
         if needs and importlib.util.find_spec(needs[0]) is None:
             raise UserError(f"logger={name} needs the {needs[0]} package: pip install "
                             f"'vae-train[{needs[1]}]'")
-        params = inspect.signature(cls).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        known = [p for p in list(params)[1:] if p not in RUN_ARGS and p != "enabled"
-                 and params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
-        unknown = [k for k in options if k not in known or k in RUN_ARGS]
-        if unknown and not takes_any:
+        known = keyword_options(cls, skip=1, exclude=(*RUN_ARGS, "enabled"))   # (run_dir)
+        unknown = [k for k in options if known is not None and k not in known]
+        if unknown:
             raise UserError(f"logger.{name}.{unknown[0]} is not an option of logger {name}; "
                             f"its options: {', '.join(known) or 'none'}")
         if isinstance(cls, type):

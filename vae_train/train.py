@@ -19,7 +19,7 @@ from vae_train import CONFIG_DIR, argv, distributed, launchers, patches, rundir,
 from vae_train.build import build
 from vae_train.config import validate
 from vae_train.device import resolve_device, wants_channels_last
-from vae_train.errors import NonFiniteError, UserError, first_line, unexpected
+from vae_train.errors import NonFiniteError, UserError, first_line, traceback_to_files, unexpected
 from vae_train.files import DiskError, write_json
 from vae_train.lock import RunDirInUse, RunLock
 from vae_train.logging import make_loggers
@@ -154,16 +154,11 @@ def _console_only() -> None:
 def _unexpected(e: BaseException) -> None:
     """One line for the user (the traceback goes to the run's train.log), exit status 1."""
     import os
-    import traceback
 
     if os.environ.get("VAE_TRAIN_TRACEBACK"):
         raise e
-    file_log = logging.getLogger("vae_train.traceback")
-    files = [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]
-    for h in files:
-        h.handle(file_log.makeRecord(file_log.name, logging.ERROR, __file__, 0,
-                                     traceback.format_exc(), None, None))
-    where = (f"the traceback is in {files[0].baseFilename}" if files
+    files = traceback_to_files()
+    where = (f"the traceback is in {files[0]}" if files
              else "VAE_TRAIN_TRACEBACK=1 shows where")
     print(unexpected(e, f"lower trainer.batch_size or the model's size ({where})", where),
           file=sys.stderr)

@@ -38,7 +38,6 @@ class Reporter:
     def __init__(self, tb, trainer_cfg, rank: int, fig_x, fig_y, seed: int = 0):
         self.tb = tb if isinstance(tb, Loggers) else Loggers({"tensorboard": tb})
         self.t, self.rank = trainer_cfg, rank
-        self.whole_records = False   # epoch_record has been called: rows come from it
         self.fig_x, self.fig_y, self.seed = fig_x, fig_y, seed
 
     def figures(self, model) -> dict:
@@ -46,24 +45,18 @@ class Reporter:
 
     def epoch_end(self, model, epoch: int, step: int, lr: float, train: dict, val: dict) -> None:
         """The loggers' scalars of the epoch's terms and, every ``trainer.image_every_epochs``,
-        its pictures. The epoch's row (csv) comes from :meth:`epoch_record` once the trainer
-        calls it; until then from these terms."""
+        its pictures. The epoch's row (csv) comes from :meth:`epoch_record`, once the record
+        is complete."""
         self.tb.scalars("train", {k: v for k, v in train.items() if k != "seconds"}, step)
         self.tb.scalars("val", val, step)
         self.tb.scalars("opt", {"lr": lr, "epoch": epoch}, step)
-        if not self.whole_records:
-            self.tb.epoch({"epoch": epoch, "step": step, "lr": lr,
-                           **{f"train_{k}": v for k, v in train.items()},
-                           **{f"val_{k}": v for k, v in val.items()}}, step)
         every = int(self.t.image_every_epochs)
         if every and epoch % every == 0 and self.rank == 0 and self.t.get("pictures", True):
             self.tb.images(self.figures(model), step)
 
     def epoch_record(self, record: dict, step: int) -> None:
         """The loggers' row of one epoch: its whole history record as ``metrics.json`` keeps
-        it (the trainer calls this once the record is complete: callbacks, epoch time); it
-        replaces the row :meth:`epoch_end` wrote."""
-        self.whole_records = True
+        it (the trainer calls this once the record is complete: callbacks, epoch time)."""
         self.tb.epoch(record, step)
 
     @staticmethod

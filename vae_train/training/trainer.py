@@ -24,7 +24,7 @@ from vae_train import distributed
 from vae_train.callbacks import build_callbacks, hooks
 from vae_train.checks import BOOLEAN, integer, number, one_of, optional
 from vae_train.data import DataModule, Split
-from vae_train.errors import NonFiniteError, UserError, first_line
+from vae_train.errors import NonFiniteError, UserError, first_line, traceback_to_files
 from vae_train.logging import Loggers, TBLogger
 from vae_train.models.base import set_stage, training_plan
 from vae_train.training import state
@@ -36,18 +36,6 @@ from vae_train.training.reporting import Reporter, speed_unit
 from vae_train.training.stopping import Stopping
 
 log = logging.getLogger(__name__)
-
-
-def log_traceback(where: str) -> None:
-    """The current exception's traceback into the run's log files only (not the console)."""
-    import traceback
-
-    record = logging.getLogger("vae_train.traceback").makeRecord(
-        "vae_train.traceback", logging.ERROR, __file__, 0,
-        f"{where}:\n{traceback.format_exc()}", None, None)
-    for handler in logging.root.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 # The rules of the trainer node's keys (vae_train.checks).
 TRAINER_CHECKS = {
@@ -146,7 +134,7 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - the callback's own code
                 cb = getattr(hook, "__self__", None)
                 where = f"callbacks.{getattr(cb, 'name', '') or type(cb).__name__}.{name}"
-                log_traceback(where)
+                traceback_to_files(where)
                 raise UserError(f"{where} failed: {first_line(e)} (an "
                                 "error in the callback's code; its traceback is in the run's "
                                 "train.log)") from None
