@@ -61,6 +61,17 @@ def compose_cfg(overrides=()):
         return compose(config_name="train", overrides=list(overrides))
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_trainer(overrides, folder):
     """A CPU Trainer (no TensorBoard) for a composed config, its weights seeded with 0."""
     import torch

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, run_cli, run_module
+from conftest import TINY, load_script, run_cli, run_module
 from vae_train.distributions import DiagGaussian
 from vae_train.errors import UserError
 from vae_train.losses import ELBO, IWAE, layer_kls
@@ -235,12 +235,7 @@ def test_encode_and_export_see_every_layer(ladder_run):
 
 
 def test_the_results_script_tabulates_layers_and_draws_the_curves(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "scripts" / "ladder_report.py"
-    spec = importlib.util.spec_from_file_location("ladder_report", script)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_script("ladder_report")
     for name, epochs in (("L2", 3), ("L2_e2", 2)):
         run = tmp_path / name
         run.mkdir()

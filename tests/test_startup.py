@@ -5,7 +5,6 @@ prints its table). No timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_mnist_like
+from conftest import load_script, write_mnist_like
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "startup.py"
@@ -290,10 +289,7 @@ def test_save_image_writes_the_bytes_torchvision_writes(tmp_path):
 # -- scripts/startup.py -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def startup():
-    spec = importlib.util.spec_from_file_location("startup", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("startup")
 
 
 def test_spread_and_ratios(startup):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_cfg, run_cli, run_module, write_mnist_like
+from conftest import compose_cfg, load_script, run_cli, run_module, write_mnist_like
 from vae_train.build import build, load_image_data
 from vae_train.data import moving_mnist as mm
 from vae_train.data.base import ImageData
@@ -560,13 +560,7 @@ def test_cli_evaluate_sample_and_resume(cli_run, call):
 def test_benchmark_trains_the_video_family_on_moving_fashion(tmp_path):
     """scripts/benchmark.py's video_vae row: moving_mnist made from the Fashion-MNIST files it
     is given, the same model in both loops (no timing is asserted)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     assert bench.is_video_family("video_vae") and not bench.is_video_family("conv_vae")
     root = tmp_path / "fm"
     write_mnist_like(root / "FashionMNIST" / "raw", 100, 30)
